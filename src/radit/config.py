@@ -1,0 +1,338 @@
+"""Typed configuration: dataclasses grouped by concern, loadable from YAML, every field also a flag.
+
+Each field is documented by the string literal under it; `field_docs` reads those strings from the
+source so that `--help` and the YAML presets share one description. Cross-field checks live in
+`__post_init__` and raise `ValueError` naming the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import textwrap
+import types
+import typing
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+# --------------------------------------------------------------------------------------------------
+# Config groups
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CorpusConfig:
+    """`radit corpus`: read documents, split them into passages, write a passages file."""
+
+    inputs: list[str] = dataclasses.field(default_factory=list)
+    """Document files: jsonl / json / tsv / csv / parquet records with `text` (and optional `id`,
+    `title`), a SQuAD JSON file, or a Wikipedia vital-articles summaries.json. `.gz` is read too."""
+    output: str = "runs/corpus/passages.jsonl"
+    """Where the passages file is written (atomically: it appears only when complete)."""
+    max_words: int = 200
+    """Chunk length limit in whitespace words; long documents are cut into equal chunks under it
+    (the paper: 200 words for Wikipedia, 100 for CommonCrawl)."""
+    on_error: Literal["error", "skip"] = "error"
+    """What a bad record does: `error` stops with file, line and field; `skip` drops it and counts it."""
+    extra_fields: Literal["error", "ignore"] = "error"
+    """Records with fields other than id/title/text: `error` stops, `ignore` drops those fields."""
+    max_record_bytes: int = 4 * 1024 * 1024
+    """A record (one jsonl line or csv row) larger than this is an error: usually a file without line
+    breaks. Raise it for corpora of very long documents."""
+
+    def __post_init__(self) -> None:
+        if self.max_words < 1:
+            raise ValueError(f"--max-words must be >= 1, got {self.max_words}")
+        if self.max_record_bytes < 1:
+            raise ValueError(f"--max-record-bytes must be >= 1, got {self.max_record_bytes}")
+
+
+@dataclasses.dataclass
+class EncoderConfig:
+    """The dual encoder: which weights each tower loads and how a text becomes a vector.
+
+    `preset` fills every field left unset (None); a field you set always wins.
+    """
+
+    preset: str = "minilm"
+    """Encoder preset: minilm (offline, all-MiniLM-L6-v2), dragon-plus (the paper's retriever,
+    CC-BY-NC), e5-base-v2 (MIT). See radit.retriever.encoder.ENCODER_PRESETS."""
+    query_model: str | None = None
+    """Query tower: a local folder, a hub name or a packaged model name."""
+    doc_model: str | None = None
+    """Document tower; defaults to the query tower's weights."""
+    pooling: Literal["mean", "cls"] | None = None
+    """How token states become one vector."""
+    normalize: bool | None = None
+    """L2-normalise embeddings, so the score is a cosine."""
+    query_prefix: str | None = None
+    """Text put before every query (e5: 'query: ')."""
+    doc_prefix: str | None = None
+    """Text put before every passage (e5: 'passage: ')."""
+    query_max_length: int | None = None
+    """Query truncation length in tokens."""
+    doc_max_length: int | None = None
+    """Passage truncation length in tokens."""
+    score_temperature: float | None = None
+    """Temperature of p_R(c|x) = softmax(s/T) over the top-k (the paper: 1 with DRAGON+'s raw dot
+    products; normalised encoders need a small one, e.g. 0.05)."""
+
+
+@dataclasses.dataclass
+class IndexConfig:
+    """`radit index`: embed passages and build a searchable index."""
+
+    passages: str = "runs/corpus/passages.jsonl"
+    """Passages file written by `radit corpus`."""
+    output: str = "runs/index"
+    """Index directory."""
+    backend: Literal["dense", "bm25"] = "dense"
+    """dense: dual encoder + FAISS; bm25: lexical baseline through bm25s."""
+    encoder: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
+    """The dual encoder whose document tower embeds the passages (dense only)."""
+    index_type: Literal["flat", "ivfpq", "hnsw"] = "flat"
+    """FAISS index: flat (exact inner product, the default), ivfpq or hnsw for large corpora."""
+    nlist: int = 0
+    """IVF lists (ivfpq); 0 picks about 4*sqrt(N)."""
+    pq_m: int = 0
+    """PQ sub-quantisers (ivfpq); 0 picks dim/8 (must divide the dimension)."""
+    pq_bits: int = 8
+    """Bits per PQ code (ivfpq)."""
+    nprobe: int = 32
+    """IVF lists visited per query (ivfpq), stored in the manifest and used at search time."""
+    hnsw_m: int = 32
+    """Neighbours per node (hnsw)."""
+    ef_search: int = 128
+    """Search breadth (hnsw)."""
+    batch_size: int = 64
+    """Passages per encoder forward."""
+    shard_size: int = 16384
+    """Passages per embedding shard; a rerun skips finished shards."""
+    embedding_dtype: Literal["float32", "float16"] = "float32"
+    """dtype of the embedding shards on disk."""
+    device: str = "auto"
+    """Torch device for the encoder: auto (cuda if available, else cpu), cpu, cuda, cuda:1, mps."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Encoder compute dtype (autocast); bfloat16 is ~2-4x faster on CPUs with AMX/AVX512-BF16."""
+    overwrite: bool = False
+    """Delete an existing index in --output that was built from other passages or another encoder."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "shard_size", "pq_bits", "nprobe", "hnsw_m", "ef_search"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.backend == "bm25" and self.index_type != "flat":
+            raise ValueError("--index-type applies to --backend dense only")
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    """`radit search`: top-k passages for a query, or a run file for a query file."""
+
+    index: str = "runs/index"
+    """Index directory written by `radit index`."""
+    query: list[str] = dataclasses.field(default_factory=list)
+    """Questions to search (positional)."""
+    queries: str | None = None
+    """A jsonl/tsv/json file of questions (`question`, optional `id`): batch mode, writes --output."""
+    output: str | None = None
+    """Run file for batch mode (jsonl: qid, question, passage_ids, scores)."""
+    k: int = 5
+    """Passages returned per query."""
+    query_encoder: str | None = None
+    """A fine-tuned query encoder folder to use instead of the index's own (no re-indexing)."""
+    device: str = "auto"
+    """Torch device for the query encoder."""
+    batch_size: int = 128
+    """Queries per encoder forward in batch mode."""
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"--k must be >= 1, got {self.k}")
+        if self.queries and not self.output:
+            raise ValueError("--queries needs --output (the run file to write)")
+
+
+@dataclasses.dataclass
+class EvalRetrievalConfig:
+    """`radit eval-retrieval`: answer-hit@k, recall@k and MRR of an index on a question set."""
+
+    index: str = "runs/index"
+    """Index directory (dense or bm25)."""
+    questions: str = "quickstart:squad-open/test"
+    """Question file (jsonl with `question`, `answers`, optional `positive_ids`) or a bundled split
+    `quickstart:squad-open/{train,dev,test}`."""
+    output: str = "runs/eval-retrieval"
+    """Directory for run.jsonl and metrics.json."""
+    ks: list[int] = dataclasses.field(default_factory=lambda: [1, 5, 10, 20])
+    """Cut-offs for answer-hit@k and recall@k."""
+    limit: int | None = None
+    """Evaluate only the first N questions."""
+    query_encoder: str | None = None
+    """A fine-tuned query encoder to evaluate against the same index."""
+    device: str = "auto"
+    """Torch device for the query encoder."""
+    batch_size: int = 128
+    """Queries per encoder forward."""
+
+    def __post_init__(self) -> None:
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"--ks must be positive integers, got {self.ks}")
+        self.ks = sorted(set(self.ks))
+
+
+@dataclasses.dataclass
+class ModelsConfig:
+    """`radit models`: list the packaged offline models, or resolve specs to local folders."""
+
+    spec: list[str] = dataclasses.field(default_factory=list)
+    """Model specs to resolve (positional); converts packaged GGUF models once."""
+
+
+@dataclasses.dataclass
+class QuickstartConfig:
+    """`radit quickstart`: bundled corpus -> passages -> MiniLM index -> retrieval eval -> a sample query."""
+
+    output: str = "runs/quickstart"
+    """Run directory (each stage resumes from its files there)."""
+    query: str = "Which NFL team represented the AFC at Super Bowl 50?"
+    """The sample question answered at the end."""
+    limit: int | None = None
+    """Use only the first N documents of the bundled corpus (a faster smoke run)."""
+    device: str = "auto"
+    """Torch device for the encoder."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Encoder compute dtype (float32 or bfloat16)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# YAML and argparse plumbing
+# --------------------------------------------------------------------------------------------------
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The string literal written under each dataclass field, by field name."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for stmt, nxt in zip(body, body[1:]):
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass `cls` from a (YAML) dict; unknown keys are an error naming the valid ones."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        tp, _ = _strip_optional(hints[key])
+        if _is_dataclass_type(tp) and isinstance(value, dict):
+            value = from_dict(tp, value, f"{where}.{key}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the top level must be a mapping of option: value")
+    return data
+
+
+def save_yaml(cfg: Any, path: str | Path) -> None:
+    from radit.artifacts import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "", positional: str | None = None) -> None:
+    """One flag per field of `cls` (nested dataclasses become `--group.field`), help from its doc.
+
+    Defaults are `argparse.SUPPRESS` so that only flags actually given override the YAML config.
+    """
+    docs = field_docs(cls)
+    hints = _hints(cls)
+    group = parser.add_argument_group(prefix.rstrip(".") or cls.__name__, (cls.__doc__ or "").strip().split("\n")[0])
+    for f in dataclasses.fields(cls):
+        tp, optional = _strip_optional(hints[f.name])
+        if _is_dataclass_type(tp):
+            add_arguments(parser, tp, prefix=f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = docs.get(f.name, "")
+        if default is not None and default != [] and default != "":
+            help_text += f" (default: {default})"
+        dest = f"{prefix}{f.name}"
+        kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": help_text}
+        origin = typing.get_origin(tp)
+        if positional == f.name and not prefix:
+            parser.add_argument(f.name, nargs="*", **{k: v for k, v in kwargs.items() if k != "dest"}, metavar=f.name.upper())
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if tp is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif origin is Literal:
+            group.add_argument(flag, choices=list(typing.get_args(tp)), **kwargs)
+        elif origin is list:
+            (item,) = typing.get_args(tp)
+            group.add_argument(flag, nargs="+", type=item, metavar=item.__name__.upper(), **kwargs)
+        else:
+            group.add_argument(flag, type=tp, metavar=tp.__name__.upper(), **kwargs)
+
+
+def build_config(cls: type, args: argparse.Namespace, yaml_path: str | None = None) -> Any:
+    """YAML file (if any) first, then every flag the user typed on top; then validate."""
+    data: dict[str, Any] = load_yaml(yaml_path) if yaml_path else {}
+    for dest, value in vars(args).items():
+        parts = dest.split(".")
+        if parts[0] not in {f.name for f in dataclasses.fields(cls)}:
+            continue
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return from_dict(cls, data, where=str(yaml_path or "flags"))

@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny encoders built in-process (real MiniLM tokenizer), a 20-passage corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+PASSAGES = [
+    ("ming", "Ming dynasty", "The Ming dynasty was founded by Zhu Yuanzhang, the Hongwu Emperor, in 1368."),
+    ("ming", "Ming dynasty", "The Ming capital moved from Nanjing to Beijing under the Yongle Emperor."),
+    ("paris", "Paris", "Paris is the capital and most populous city of France, on the river Seine."),
+    ("paris", "Paris", "The Eiffel Tower was completed in 1889 for the World's Fair in Paris."),
+    ("oxygen", "Oxygen", "Oxygen is a chemical element with symbol O and atomic number 8."),
+    ("oxygen", "Oxygen", "Joseph Priestley and Carl Wilhelm Scheele discovered oxygen in the 1770s."),
+    ("nile", "Nile", "The Nile is a major north-flowing river in northeastern Africa."),
+    ("nile", "Nile", "The Nile flows into the Mediterranean Sea through a large delta in Egypt."),
+    ("bowl", "Super Bowl 50", "The Denver Broncos defeated the Carolina Panthers 24 to 10 in Super Bowl 50."),
+    ("bowl", "Super Bowl 50", "Super Bowl 50 was played at Levi's Stadium in Santa Clara, California."),
+    ("moon", "Moon", "The Moon is Earth's only natural satellite, orbiting at about 384,400 km."),
+    ("moon", "Moon", "Neil Armstrong was the first person to walk on the Moon in July 1969."),
+    ("piano", "Piano", "The piano was invented by Bartolomeo Cristofori in Italy around 1700."),
+    ("piano", "Piano", "A modern piano has 88 keys, 52 white and 36 black."),
+    ("dna", "DNA", "DNA is a double helix, described by Watson and Crick in 1953."),
+    ("dna", "DNA", "Rosalind Franklin's X-ray images were key to finding DNA's structure."),
+    ("rome", "Rome", "Rome was founded, according to legend, by Romulus in 753 BC."),
+    ("rome", "Rome", "The Colosseum in Rome could hold around 50,000 spectators."),
+    ("tea", "Tea", "Tea is an aromatic beverage prepared by pouring hot water over cured leaves."),
+    ("tea", "Tea", "Tea originated in southwest China, where it was used as a medicinal drink."),
+]
+
+
+def minilm_path() -> Path:
+    from radit.models import resolve_model
+
+    return resolve_model("all-minilm-l6-v2")
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT with the real MiniLM tokenizer, saved as an HF folder."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=512,
+    )
+    path = tmp_path_factory.mktemp("tiny-encoder")
+    BertModel(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def other_tiny_encoder_dir(tmp_path_factory, tiny_encoder_dir) -> Path:
+    """Same architecture, different weights: stands in for a fine-tuned query tower."""
+    from transformers import AutoTokenizer, BertModel
+
+    model = BertModel.from_pretrained(tiny_encoder_dir)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp("tiny-encoder-ft")
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_encoder_dir).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def passages_file(tmp_path) -> Path:
+    path = tmp_path / "passages.jsonl"
+    counts: dict[str, int] = {}
+    with open(path, "w", encoding="utf-8") as f:
+        for doc, title, text in PASSAGES:
+            i = counts[doc] = counts.get(doc, -1) + 1
+            f.write(json.dumps({"id": f"{doc}#{i}", "doc_id": doc, "title": title, "text": text}) + "\n")
+    return path
