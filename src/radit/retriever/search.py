@@ -45,6 +45,13 @@ class Searcher(Protocol):
     def search(self, queries: list[str], k: int) -> list[list[Hit]]: ...
 
 
+def hits_from_rows(store: PassageStore, rows, scores) -> list[Hit]:
+    """Hits for one query's ranked rows; a row of -1 (approximate index, fewer than k found) is dropped."""
+    pairs = [(int(r), float(s)) for r, s in zip(rows, scores) if r >= 0]
+    passages = store.get_many([r for r, _ in pairs])
+    return [Hit(r, p["id"], p["doc_id"], p.get("title", ""), p["text"], s) for (r, s), p in zip(pairs, passages)]
+
+
 def _clip_k(k: int, count: int) -> int:
     if k > count:
         log.warning("k=%d is larger than the corpus (%d passages); returning %d", k, count, count)
@@ -123,13 +130,7 @@ class DenseSearcher:
         return [self._hits(r, s) for r, s in zip(rows, scores)]
 
     def _hits(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
-        hits = []
-        for row, score in zip(rows.tolist(), scores.tolist()):
-            if row < 0:  # approximate indexes can return fewer than k
-                continue
-            p = self.store[row]
-            hits.append(Hit(row, p["id"], p["doc_id"], p.get("title", ""), p["text"], float(score)))
-        return hits
+        return hits_from_rows(self.store, rows, scores)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,15 +181,7 @@ class BM25Searcher:
         k = _clip_k(k, self.count)
         tokens = self.tokenizer.tokenize(queries, update_vocab=False, return_as="ids", show_progress=False)
         rows, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=0)
-        results = []
-        for r, s in zip(rows, scores):
-            results.append(
-                [
-                    Hit(int(row), (p := self.store[int(row)])["id"], p["doc_id"], p.get("title", ""), p["text"], float(score))
-                    for row, score in zip(r, s)
-                ]
-            )
-        return results
+        return [hits_from_rows(self.store, r, sc) for r, sc in zip(rows, scores)]
 
 
 def load_searcher(index_dir: str | Path, query_encoder: str | None = None, device: str = "auto", **kwargs: Any) -> Searcher:
