@@ -46,7 +46,7 @@ def evaluate_retrieval(cfg: EvalRetrievalConfig) -> dict[str, Any]:
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
-    questions = load_questions(cfg.questions, limit=cfg.limit)
+    questions = load_questions(cfg.questions, limit=cfg.limit, require_answers=True)
     searcher = load_searcher(cfg.index, query_encoder=cfg.query_encoder, device=cfg.device)
     t0 = time.time()
     results = search_batched(searcher, [q.question for q in questions], max(cfg.ks), batch_size=cfg.batch_size)
