@@ -33,7 +33,8 @@ def save(name: str, results: dict) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     record = {
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
+        # As run from the repository root, whatever the working directory was.
+        "command": "python " + " ".join([os.path.relpath(os.path.abspath(sys.argv[0]), RESULTS.parent.parent)] + sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": machine(),
         **results,

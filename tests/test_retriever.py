@@ -192,3 +192,33 @@ def test_bm25_finds_lexical_matches(tmp_path, passages_file):
     assert all(r[0].score > r[1].score >= 0 for r in results)
     assert results[0][1].id == "ming#1"  # the other Ming passage shares "Ming" and the title
     assert len(searcher.search(["tea"], k=100)[0]) == 20
+
+
+def test_exact_rerank_of_approximate_candidates_equals_exact_search(tmp_path, passages_file, tiny_encoder_dir):
+    from radit.retriever.index import ShardedVectors, rerank_exact
+
+    # Pure function: re-ranking every row is an exact search.
+    rng = np.random.default_rng(0)
+    vectors, q = rng.standard_normal((30, 8), dtype=np.float32), rng.standard_normal((4, 8), dtype=np.float32)
+    candidates = np.stack([rng.permutation(30) for _ in range(4)])
+    candidates[:, -1] = -1  # a missing candidate never wins
+    scores, rows = rerank_exact(q, candidates, lambda r: np.where((r >= 0)[..., None], vectors[r], 0), k=5)
+    exact = q @ vectors.T
+    for i in range(4):
+        offered = candidates[i][candidates[i] >= 0]
+        order = offered[np.argsort(-exact[i, offered], kind="stable")[:5]]
+        assert rows[i].tolist() == order.tolist()
+        np.testing.assert_allclose(scores[i], exact[i, order], rtol=1e-5)
+
+    # Through the index: ivfpq + rerank of the whole (20-passage) corpus == flat search.
+    approx = build_index(index_cfg(passages_file, tmp_path / "ivf", tiny_encoder_dir, index_type="ivfpq", nlist=2, pq_m=4, pq_bits=4, nprobe=1, rerank=20))
+    exact_dir = build_index(index_cfg(passages_file, tmp_path / "flat", tiny_encoder_dir))
+    a = DenseSearcher(approx, device="cpu").search(QUESTIONS, k=5)
+    e = DenseSearcher(exact_dir, device="cpu").search(QUESTIONS, k=5)
+    assert [[h.row for h in r] for r in a] == [[h.row for h in r] for r in e]
+    np.testing.assert_allclose([[h.score for h in r] for r in a], [[h.score for h in r] for r in e], atol=1e-5)
+
+    stacked = np.concatenate([np.load(p) for p in sorted((tmp_path / "flat" / "embeddings").glob("shard_*.npy"))])
+    gathered = ShardedVectors(tmp_path / "flat" / "embeddings", 3, 8)(np.array([[19, 0, 8], [7, -1, 16]]))
+    np.testing.assert_array_equal(gathered[0], stacked[[19, 0, 8]])
+    assert not gathered[1, 1].any()

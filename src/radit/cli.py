@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from radit.config import (
+    AskConfig,
     CorpusConfig,
     EvalRetrievalConfig,
     IndexConfig,
@@ -103,6 +104,55 @@ def cmd_quickstart(cfg: QuickstartConfig) -> int:
     return 0
 
 
+def cmd_ask(cfg: AskConfig) -> int:
+    import time
+
+    from radit.augment import answer_choice, answer_generative, format_prediction
+    from radit.lm.model import load_lm
+    from radit.prompts import TEMPLATES, PromptTemplate, get_template
+
+    if not cfg.query:
+        raise ValueError('give a question: radit ask --index DIR "question"')
+    if any(not q.strip() for q in cfg.query):
+        raise ValueError("an empty question was given; pass the question text in quotes")
+    if cfg.template not in TEMPLATES and Path(cfg.template).is_dir():
+        template = PromptTemplate.load(cfg.template)  # a fine-tuned checkpoint's own template
+    else:
+        template = get_template(cfg.template)
+    if template.choices is not None:
+        raise ValueError(f"--template {template.name} needs multiple-choice options, which radit ask does not take; "
+                         "use an open-answer template (qa, qa-short) or one with fixed answers (fever)")
+    demonstrations = []
+    if cfg.shots:
+        from radit.data.qa import load_questions
+
+        demonstrations = [(q.question, q.answers[0]) for q in load_questions(cfg.demos, limit=cfg.shots, require_answers=True)]
+    if cfg.mode == "closed-book":
+        results = [[] for _ in cfg.query]
+        temperature = cfg.temperature or 1.0
+    else:
+        from radit.retriever.search import load_searcher
+
+        searcher = load_searcher(cfg.index, query_encoder=cfg.query_encoder, device=cfg.device)
+        results = searcher.search(cfg.query, 1 if cfg.mode == "top1" else cfg.k)
+        spec = getattr(searcher, "spec", None)  # dense: the encoder preset's p_R temperature; BM25: none
+        temperature = cfg.temperature if cfg.temperature is not None else getattr(spec, "score_temperature", 1.0)
+    model, tokenizer = load_lm(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    common = dict(mode=cfg.mode, temperature=temperature, scoring=cfg.scoring, k=cfg.k,
+                  demonstrations=demonstrations, dtype=cfg.dtype)
+    for i, (query, hits) in enumerate(zip(cfg.query, results)):
+        t0 = time.perf_counter()
+        if template.answer_options is not None:
+            pred = answer_choice(model, tokenizer, query, None, hits, template, **common)
+        else:
+            pred = answer_generative(model, tokenizer, query, hits, template, max_new_tokens=cfg.max_new_tokens, **common)
+        if i:
+            print()
+        print(format_prediction(pred, hits))
+        log.info("answered in %.2fs (p_R temperature %g)", time.perf_counter() - t0, temperature)
+    return 0
+
+
 @dataclasses.dataclass
 class Command:
     func: Callable[[Any], int]
@@ -117,6 +167,7 @@ COMMANDS: dict[str, Command] = {
     "index": Command(cmd_index, IndexConfig, "embed passages and build a FAISS (or BM25) index"),
     "search": Command(cmd_search, SearchConfig, "top-k passages for questions", positional="query"),
     "eval-retrieval": Command(cmd_eval_retrieval, EvalRetrievalConfig, "answer-hit@k, recall@k, MRR of an index"),
+    "ask": Command(cmd_ask, AskConfig, "answer questions with the LM and top-k retrieved chunks (Eq. 2)", positional="query"),
     "models": Command(cmd_models, ModelsConfig, "list packaged models / resolve model specs", positional="spec"),
 }
 

@@ -106,6 +106,9 @@ class IndexConfig:
     """Bits per PQ code (ivfpq)."""
     nprobe: int = 32
     """IVF lists visited per query (ivfpq), stored in the manifest and used at search time."""
+    rerank: int = 0
+    """ivfpq/hnsw: re-score this many candidates per query exactly against the memory-mapped
+    embedding shards and return the best k (0 = off). Recovers most of PQ's recall loss."""
     hnsw_m: int = 32
     """Neighbours per node (hnsw)."""
     ef_search: int = 128
@@ -127,6 +130,10 @@ class IndexConfig:
         for name in ("batch_size", "shard_size", "pq_bits", "nprobe", "hnsw_m", "ef_search"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.rerank < 0:
+            raise ValueError(f"--rerank must be >= 0, got {self.rerank}")
+        if self.rerank and self.index_type == "flat":
+            raise ValueError("--rerank applies to approximate indexes (--index-type ivfpq or hnsw); flat is exact")
         if self.backend == "bm25" and self.index_type != "flat":
             raise ValueError("--index-type applies to --backend dense only")
 
@@ -209,6 +216,55 @@ class QuickstartConfig:
     """Torch device for the encoder."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Encoder compute dtype (float32 or bfloat16)."""
+
+
+@dataclasses.dataclass
+class AskConfig:
+    """`radit ask`: answer questions with the LM and its top-k retrieved chunks (RA-DIT Eq. 2).
+
+    The parallel retrieval-augmented ensemble: one prompt per chunk, answers mixed by p_R; prints the
+    answer and what each chunk contributed."""
+
+    index: str = "runs/index"
+    """Index directory written by `radit index` (dense or bm25); not read with --mode closed-book."""
+    query: list[str] = dataclasses.field(default_factory=list)
+    """Questions to answer (positional)."""
+    model: str = "smollm2-135m-instruct"
+    """The LM: a local folder, a packaged model name or a hub name."""
+    k: int = 10
+    """Retrieved chunks per question (the paper: 10 at inference)."""
+    mode: Literal["replug", "top1", "concat", "closed-book"] = "replug"
+    """replug: one prompt per chunk, outputs mixed by p_R (the paper); top1: the first chunk only;
+    concat: all k chunks in one Background (App. E.2); closed-book: no retrieval."""
+    template: str = "qa"
+    """Prompt template: a name in radit.prompts.TEMPLATES, or a folder holding prompt_template.json
+    (a fine-tuned checkpoint)."""
+    scoring: Literal["nll", "nll_token", "nll_char", "nll_comp"] = "nll"
+    """How a candidate answer is scored under each chunk before mixing (App. B)."""
+    temperature: float | None = None
+    """p_R temperature, softmax(score / T) over the top-k; default: the index encoder preset's value
+    (0.05 for MiniLM, 1 for DRAGON+), 1 for BM25."""
+    max_new_tokens: int = 32
+    """Greedy decoding budget per prompt."""
+    query_encoder: str | None = None
+    """A fine-tuned query encoder folder to search with instead of the index's own (dense only)."""
+    device: str = "auto"
+    """Torch device for the LM and the query encoder."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """LM compute dtype."""
+    shots: int = 0
+    """In-context demonstrations put before the question: the first N questions of --demos."""
+    demos: str = "quickstart:squad-open/train"
+    """Question file (or bundled split) the demonstrations come from (question and first answer)."""
+
+    def __post_init__(self) -> None:
+        for name in ("k", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.shots < 0:
+            raise ValueError(f"--shots must be >= 0, got {self.shots}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ValueError(f"--temperature must be > 0, got {self.temperature}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -120,6 +120,37 @@ def iter_shards(emb_dir: Path, n_shards: int):
         yield np.load(_shard_paths(emb_dir, i)[0], mmap_mode="r")
 
 
+class ShardedVectors:
+    """Rows of the memory-mapped embedding shards, gathered by global row number (for exact re-ranking)."""
+
+    def __init__(self, emb_dir: Path, n_shards: int, shard_size: int):
+        self.shards = list(iter_shards(emb_dir, n_shards))
+        self.shard_size = shard_size
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """rows [...] int -> float32 [..., dim]; rows < 0 give zero vectors."""
+        flat = rows.reshape(-1)
+        out = np.zeros((len(flat), self.shards[0].shape[1]), dtype=np.float32)
+        valid = flat >= 0
+        shard, offset = np.divmod(flat[valid], self.shard_size)
+        dest = np.flatnonzero(valid)
+        for s in np.unique(shard):
+            sel = shard == s
+            out[dest[sel]] = self.shards[s][offset[sel]]
+        return out.reshape(*rows.shape, -1)
+
+
+def rerank_exact(q: np.ndarray, rows: np.ndarray, vectors, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Re-score approximate candidates exactly and keep the best k.
+
+    q [Q, d]; rows [Q, C] candidate rows (-1 = none); vectors(rows) -> [Q, C, d] -> (scores [Q, k], rows [Q, k]).
+    """
+    scores = np.einsum("qd,qcd->qc", q, vectors(rows))
+    scores[rows < 0] = -np.inf
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, top, 1), np.take_along_axis(rows, top, 1)
+
+
 def make_faiss_index(dim: int, n: int, cfg: IndexConfig) -> tuple[faiss.Index, dict[str, Any]]:
     """An empty inner-product index of `cfg.index_type` and the parameters it was made with."""
     if cfg.index_type == "flat":
@@ -127,13 +158,13 @@ def make_faiss_index(dim: int, n: int, cfg: IndexConfig) -> tuple[faiss.Index, d
     if cfg.index_type == "hnsw":
         index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = cfg.ef_search
-        return index, {"hnsw_m": cfg.hnsw_m, "ef_search": cfg.ef_search}
+        return index, {"hnsw_m": cfg.hnsw_m, "ef_search": cfg.ef_search, "rerank": cfg.rerank}
     nlist = cfg.nlist or max(1, int(4 * math.sqrt(n)))
     m = cfg.pq_m or dim // 8
     if dim % m:
         raise ValueError(f"--pq-m {m} must divide the embedding dimension {dim}")
     index = faiss.index_factory(dim, f"IVF{nlist},PQ{m}x{cfg.pq_bits}", faiss.METRIC_INNER_PRODUCT)
-    return index, {"nlist": nlist, "pq_m": m, "pq_bits": cfg.pq_bits, "nprobe": cfg.nprobe}
+    return index, {"nlist": nlist, "pq_m": m, "pq_bits": cfg.pq_bits, "nprobe": cfg.nprobe, "rerank": cfg.rerank}
 
 
 def train_sample(shards: list[np.ndarray], size: int, seed: int = 0) -> np.ndarray:
@@ -225,6 +256,7 @@ def build_index(cfg: IndexConfig) -> Path:
             index_params=params,
             dim=dual.doc.dim,
             n_shards=n_shards,
+            shard_size=cfg.shard_size,
             encoder={**dataclasses.asdict(spec), "doc_encoder_fingerprint": doc_fp},
         )
     manifest["build_seconds"] = round(time.time() - t0, 2)

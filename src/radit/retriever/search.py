@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from radit.artifacts import atomic_open
 from radit.corpus import PassageStore
 from radit.retriever.encoder import Encoder, EncoderSpec
-from radit.retriever.index import IndexMismatchError, encoder_spec_of, read_manifest
+from radit.retriever.index import IndexMismatchError, ShardedVectors, encoder_spec_of, read_manifest, rerank_exact
 from radit.runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,9 @@ class DenseSearcher:
         params = self.manifest.get("index_params", {})
         if "nprobe" in params:
             faiss.extract_index_ivf(self.index).nprobe = params["nprobe"]
+        self.rerank = int(params.get("rerank", 0))
+        if self.rerank:
+            self.vectors = ShardedVectors(self.index_dir / "embeddings", int(self.manifest["n_shards"]), int(self.manifest["shard_size"]))
         self.batch_size = batch_size
         self.query_encoder = Encoder.load(
             query_encoder or self.spec.query_model,
@@ -109,8 +112,14 @@ class DenseSearcher:
         return self.query_encoder.encode(queries, batch_size=self.batch_size)
 
     def search_vectors(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """q [Q, dim] float32 -> (scores [Q, k], rows [Q, k]); straight to FAISS."""
-        return self.index.search(np.ascontiguousarray(q, dtype=np.float32), _clip_k(k, self.count))
+        """q [Q, dim] float32 -> (scores [Q, k], rows [Q, k]); straight to FAISS, then the optional
+        exact re-ranking of `rerank` candidates for approximate indexes."""
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        k = _clip_k(k, self.count)
+        if not self.rerank:
+            return self.index.search(q, k)
+        _, candidates = self.index.search(q, max(k, min(self.rerank, self.count)))
+        return rerank_exact(q, candidates, self.vectors, k)
 
     @functools.cached_property
     def ids(self) -> np.ndarray:

@@ -1,0 +1,97 @@
+"""Side-by-side comparison of finished `radit eval` runs: a markdown table and a grouped bar chart.
+
+    radit report --runs runs/eval/nq-open-closed-book-k10-0shot runs/eval/nq-open-replug-k10-0shot --output runs/eval/report
+
+Writes `comparison.md` (task, mode, k, shots, n, EM, F1 or accuracy; one row per run, in the order
+given) and `comparison.png` (the primary metric of each run, EM or accuracy, grouped by task).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from radit.artifacts import atomic_path, atomic_write_text
+
+
+@dataclasses.dataclass
+class ReportConfig:
+    """`radit report`: compare finished `radit eval` runs in one table and one chart."""
+
+    runs: list[str] = dataclasses.field(default_factory=list)
+    """Run directories written by `radit eval` (each holds metrics.json)."""
+    output: str = "runs/eval/report"
+    """Directory for comparison.md and comparison.png."""
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise ValueError("--runs: give at least one `radit eval` run directory")
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no metrics.json; run (or finish) `radit eval --output {run_dir}` first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def run_label(m: dict[str, Any]) -> str:
+    """How a run is named in the chart: mode, k (with retrieval) and shots."""
+    k = "" if m["mode"] == "closed-book" else f" k={m['k']}"
+    return f"{m['mode']}{k} {m['shots']}-shot"
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def markdown_table(runs: list[dict[str, Any]]) -> str:
+    lines = ["| task | mode | k | shots | n | EM | F1 / accuracy |", "|---|---|---|---|---|---|---|"]
+    for m in runs:
+        scores = m["metrics"]
+        k = "–" if m["mode"] == "closed-book" else str(m["k"])
+        second = scores.get("f1", scores.get("accuracy"))
+        lines.append(f"| {m['task']} | {m['mode']} | {k} | {m['shots']} | {m['n']} | {_fmt(scores.get('em'))} | {_fmt(second)} |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(runs: list[dict[str, Any]], path: Path) -> None:
+    """Primary metric per run, one group of bars per task (Agg canvas: no display needed)."""
+    from matplotlib.figure import Figure
+
+    tasks = list(dict.fromkeys(m["task"] for m in runs))
+    labels = list(dict.fromkeys(run_label(m) for m in runs))
+    value = {(m["task"], run_label(m)): m["metrics"][m["primary_metric"]] for m in runs}
+    width = 0.8 / len(labels)
+    fig = Figure(figsize=(4 + 0.4 * len(tasks) * len(labels), 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    for j, label in enumerate(labels):
+        xs = [i + (j - (len(labels) - 1) / 2) * width for i, t in enumerate(tasks) if (t, label) in value]
+        ys = [value[(t, label)] for t in tasks if (t, label) in value]
+        bars = ax.bar(xs, ys, width, label=label)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    metric_names = {m["task"]: "acc" if m["primary_metric"] == "accuracy" else "EM" for m in runs}
+    ax.set_xticks(range(len(tasks)), [f"{t} ({metric_names[t]})" for t in tasks])
+    ax.set_ylabel("score (x100)")
+    ax.set_ylim(0, 105)  # scores are x100
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+
+
+def make_report(run_dirs: list[Path], out: Path) -> Path:
+    """Write `comparison.md` and `comparison.png` for the runs into `out`; returns the markdown path."""
+    runs = [read_run(Path(d)) for d in run_dirs]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "comparison.md"
+    atomic_write_text(md, markdown_table(runs))
+    bar_chart(runs, out / "comparison.png")
+    return md
+
+
+def run_report(cfg: ReportConfig) -> Path:
+    """The `radit report` stage."""
+    return make_report([Path(r) for r in cfg.runs], Path(cfg.output))

@@ -1,0 +1,312 @@
+"""Greedy decoding and the parallel retrieval-augmented ensemble on a tiny Llama (real SmolLM2 tokenizer).
+
+The batched paths are checked against naive ones (one prompt / one pair per forward) and against hand
+computations with `continuation_logprobs` + `mix_log_probs`; hits are hand-made, no index needed,
+except for the `radit ask` end-to-end test on a BM25 index of the conftest passages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from radit.augment import (
+    MODES,
+    answer_choice,
+    answer_generative,
+    answer_naive,
+    build_prompts,
+    format_prediction,
+)
+from radit.ensemble import mix_log_probs, retrieval_log_weights
+from radit.lm import continuation_logprobs, load_lm
+from radit.lm.generate import extract_answer, greedy_generate
+from radit.prompts import get_template
+from radit.retriever.search import Hit
+
+QUESTION = "Who founded the Ming dynasty?"
+HITS = [
+    Hit(0, "ming#0", "ming", "Ming dynasty", "The Ming dynasty was founded by Zhu Yuanzhang, the Hongwu Emperor, in 1368.", 0.61),
+    Hit(1, "ming#1", "ming", "Ming dynasty", "The Ming capital moved from Nanjing to Beijing under the Yongle Emperor.", 0.55),
+    Hit(16, "rome#0", "rome", "", "Rome was founded, according to legend, by Romulus in 753 BC.", 0.42),
+]
+QA = get_template("qa")
+
+
+@pytest.fixture(scope="module")
+def tiny_lm_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide Llama with the real SmolLM2 tokenizer, as in tests/test_lm_scoring.py."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from radit.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=128,
+        # Large weights: answers and scores then depend on the context (0.02 gives near-uniform outputs).
+        initializer_range=0.1,
+    )
+    path = tmp_path_factory.mktemp("tiny-lm")
+    LlamaForCausalLM(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_lm_dir):
+    return load_lm(str(tiny_lm_dir), device="cpu")
+
+
+# --------------------------------------------------------------------------------------------------
+# greedy decoding
+
+
+def test_extract_answer():
+    assert extract_answer(" Paris\nQuestion: next") == "Paris"
+    assert extract_answer("\n\n  Zhu Yuanzhang  \nmore") == "Zhu Yuanzhang"
+    assert extract_answer("Answer: 1368") == "1368"
+    assert extract_answer(" A: Beijing") == "Beijing"
+    assert extract_answer("Answer:\n Nanjing") == "Nanjing"
+    assert extract_answer("Abba") == "Abba"  # only a marker with its colon is dropped
+    assert extract_answer(" \n\t\n") == ""
+
+
+def test_greedy_batched_equals_one_by_one(tiny_lm):
+    model, tokenizer = tiny_lm
+    prompts = build_prompts(QA, QUESTION, HITS, "replug") + ["Q: Hi\nA:", "A"]
+    lengths = [len(tokenizer(p).input_ids) for p in prompts]
+    assert max(lengths) > 5 * min(lengths)  # left padding really happens
+    tokenizer.padding_side = "right"
+    batched = greedy_generate(model, tokenizer, prompts, max_new_tokens=8, batch_size=3)
+    assert tokenizer.padding_side == "right"  # restored
+    single = [greedy_generate(model, tokenizer, [p], max_new_tokens=8)[0] for p in prompts]
+    assert batched == single
+    assert len(set(batched)) == len(prompts)  # outputs depend on the prompt
+    ids = tokenizer(prompts[0]).input_ids
+    with torch.no_grad():
+        ref = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=8, do_sample=False)
+    assert batched[0] == tokenizer.decode(ref[0, len(ids) :], skip_special_tokens=True)
+    # Stopping at the answer's end keeps the extracted answers.
+    stopped = greedy_generate(model, tokenizer, prompts, max_new_tokens=8, batch_size=3, stop_at_answer_end=True)
+    assert [extract_answer(t) for t in stopped] == [extract_answer(t) for t in batched]
+
+
+def test_greedy_cuts_long_prompts_from_the_start(tiny_lm):
+    model, tokenizer = tiny_lm
+    long_prompt = build_prompts(QA, QUESTION, HITS, "concat")[0] * 3
+    ids = tokenizer(long_prompt).input_ids
+    assert len(ids) + 8 > model.config.max_position_embeddings
+    stats: dict = {}
+    out = greedy_generate(model, tokenizer, [long_prompt, "Q: Hi\nA:"], max_new_tokens=8, stats=stats)
+    assert stats == {"truncated": 1}
+    kept = ids[-(model.config.max_position_embeddings - 8) :]
+    with torch.no_grad():
+        ref = model.generate(input_ids=torch.tensor([kept]), max_new_tokens=8, do_sample=False)
+    assert out[0] == tokenizer.decode(ref[0, len(kept) :], skip_special_tokens=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# prompts
+
+
+def test_build_prompts_exact_strings():
+    q = "Question: Who founded the Ming dynasty?\nAnswer:"
+    first = "Ming dynasty: The Ming dynasty was founded by Zhu Yuanzhang, the Hongwu Emperor, in 1368."
+    second = "Ming dynasty: The Ming capital moved from Nanjing to Beijing under the Yongle Emperor."
+    third = "Rome was founded, according to legend, by Romulus in 753 BC."  # no title: the text alone
+    assert build_prompts(QA, QUESTION, HITS, "replug") == [
+        f"Background: {first}\n\n{q}", f"Background: {second}\n\n{q}", f"Background: {third}\n\n{q}",
+    ]
+    assert build_prompts(QA, QUESTION, HITS, "top1") == [f"Background: {first}\n\n{q}"]
+    assert build_prompts(QA, QUESTION, HITS, "concat") == [f"Background: {first}\n{second}\n{third}\n\n{q}"]
+    assert build_prompts(QA, QUESTION, HITS, "closed-book") == [q]
+    assert build_prompts(QA, QUESTION, None, "closed-book") == [q]
+    demos = [("Capital of France?", "Paris")]
+    assert build_prompts(QA, QUESTION, HITS[:1], "replug", demonstrations=demos) == [
+        f"Background: {first}\n\nQuestion: Capital of France?\nAnswer: Paris\n\n{q}"
+    ]
+    fever = get_template("fever")
+    assert build_prompts(fever, "Rome was founded in 753 BC.", HITS[2:], "replug") == [
+        f'Background: {third}\n\nIs this statement true? "Rome was founded in 753 BC."\nAnswer:'
+    ]
+
+
+def test_build_prompts_fits_backgrounds_never_the_question():
+    words = lambda s: len(s.split())  # noqa: E731
+    q = "Question: Who founded the Ming dynasty?\nAnswer:"
+    stats: dict = {}
+    prompts = build_prompts(QA, QUESTION, HITS, "replug", budget_tokens=14, count_tokens=words, stats=stats)
+    # "Background:" and the 7 words of the question leave 6 words of chunk; every chunk has more.
+    assert prompts[0] == f"Background: Ming dynasty: The Ming dynasty was\n\n{q}"
+    assert prompts[2] == f"Background: Rome was founded, according to legend,\n\n{q}"
+    assert all(words(p) <= 14 and p.endswith(q) for p in prompts)
+    assert stats == {"truncated": 3}
+    stats = {}
+    (concat,) = build_prompts(QA, QUESTION, HITS, "concat", budget_tokens=30, count_tokens=words, stats=stats)
+    assert concat.startswith("Background: Ming dynasty: The Ming dynasty was founded by Zhu Yuanzhang, the Hongwu Emperor, "
+                             "in 1368.\nMing dynasty:") and concat.endswith(q) and words(concat) == 30
+    assert stats == {"truncated": 1}
+    stats = {}
+    assert build_prompts(QA, QUESTION, HITS, "top1", budget_tokens=100, count_tokens=words, stats=stats)[0].startswith(
+        "Background: Ming dynasty: The Ming dynasty was founded by Zhu Yuanzhang, the Hongwu Emperor, in 1368.\n\n")
+    assert stats == {"truncated": 0}
+
+
+def test_build_prompts_errors():
+    with pytest.raises(ValueError, match="closed-book"):
+        build_prompts(QA, QUESTION, [], "replug")
+    with pytest.raises(ValueError, match="replug, top1, concat, closed-book"):
+        build_prompts(QA, QUESTION, HITS, "fusion")
+    with pytest.raises(ValueError, match="empty"):
+        build_prompts(QA, "  ", HITS, "replug")
+    with pytest.raises(ValueError, match="both"):
+        build_prompts(QA, QUESTION, HITS, "replug", budget_tokens=10)
+    assert set(MODES) == {"replug", "top1", "concat", "closed-book"}
+
+
+# --------------------------------------------------------------------------------------------------
+# the ensemble
+
+
+@pytest.mark.parametrize("scoring", ["nll", "nll_token", "nll_comp"])
+def test_generative_equals_naive(tiny_lm, scoring):
+    model, tokenizer = tiny_lm
+    kwargs = dict(temperature=0.1, scoring=scoring, k=3, max_new_tokens=6)
+    fast = answer_generative(model, tokenizer, QUESTION, HITS, QA, **kwargs)
+    naive = answer_naive(model, tokenizer, QUESTION, HITS, QA, **kwargs)
+    assert len(fast.candidates) >= 2  # the chunks disagree, so the mixing decides
+    assert fast.answer == naive.answer
+    assert fast.candidates == naive.candidates and fast.chunk_answers == naive.chunk_answers
+    assert fast.mixed == pytest.approx(naive.mixed, abs=1e-4)
+    assert torch.allclose(torch.tensor(fast.chunk_scores), torch.tensor(naive.chunk_scores), atol=1e-4)
+    assert fast.passage_ids == ["ming#0", "ming#1", "rome#0"]
+    assert sum(fast.weights) == pytest.approx(1.0) and fast.weights[0] > fast.weights[1] > fast.weights[2]
+    assert fast.answer == fast.candidates[max(range(len(fast.mixed)), key=fast.mixed.__getitem__)]
+
+
+def test_generative_mix_by_hand(tiny_lm):
+    model, tokenizer = tiny_lm
+    pred = answer_generative(model, tokenizer, QUESTION, HITS, QA, temperature=0.1, k=3, max_new_tokens=6)
+    prompts = build_prompts(QA, QUESTION, HITS, "replug")
+    conts = [" " + c for c in pred.candidates]
+    lp = torch.tensor([[float(x.sum()) for x in continuation_logprobs(model, tokenizer, [p] * len(conts), conts)]
+                       for p in prompts])  # [k, C]
+    log_w = retrieval_log_weights(torch.tensor([h.score for h in HITS]), 0.1)
+    mixed = mix_log_probs(lp[None], log_w[None])[0]
+    assert pred.mixed == pytest.approx(mixed.tolist(), abs=1e-4)
+    assert pred.answer == pred.candidates[int(mixed.argmax())]
+
+
+def test_ensemble_follows_the_weights(tiny_lm):
+    model, tokenizer = tiny_lm
+    answers = set()
+    for top in range(3):
+        # Make chunk `top` the retriever's favourite; a tiny temperature puts all of p_R on it.
+        hits = [Hit(h.row, h.id, h.doc_id, h.title, h.text, 1.0 if i == top else 0.0) for i, h in enumerate(HITS)]
+        pred = answer_generative(model, tokenizer, QUESTION, hits, QA, temperature=1e-4, k=3, max_new_tokens=6)
+        assert pred.weights[top] == pytest.approx(1.0)
+        # The mixture is then that chunk's own scores: the answer is its best-scored candidate ...
+        assert pred.mixed == pytest.approx(pred.chunk_scores[top], abs=1e-5)
+        assert pred.answer == pred.candidates[max(range(len(pred.candidates)), key=pred.chunk_scores[top].__getitem__)]
+        # ... which is the answer the chunk decoded greedily, unless another chunk's answer scores higher under it.
+        own = pred.candidates.index(pred.chunk_answers[top])
+        if pred.answer != pred.chunk_answers[top]:
+            assert max(pred.chunk_scores[top]) > pred.chunk_scores[top][own]
+        answers.add(pred.answer)
+    assert len(answers) >= 2  # the choice really moves with the weights
+
+
+def test_single_prompt_modes_return_the_greedy_answer(tiny_lm):
+    model, tokenizer = tiny_lm
+    for mode, hits in [("closed-book", None), ("closed-book", HITS), ("top1", HITS), ("concat", HITS)]:
+        pred = answer_generative(model, tokenizer, QUESTION, hits, QA, mode=mode, max_new_tokens=6)
+        assert pred.weights == [1.0] and len(pred.chunk_answers) == 1
+        assert pred.answer == pred.chunk_answers[0] != ""
+        assert pred.candidates == [pred.answer] and pred.mixed == pytest.approx(pred.chunk_scores[0])
+        (prompt,) = build_prompts(QA, QUESTION, hits, mode)
+        (lp,) = continuation_logprobs(model, tokenizer, [prompt], [" " + pred.answer])
+        assert pred.score == pytest.approx(float(lp.sum()), abs=1e-4)
+        assert pred.passage_ids == {"closed-book": [], "top1": ["ming#0"], "concat": ["ming#0", "ming#1", "rome#0"]}[mode]
+    with pytest.raises(ValueError, match="closed-book"):
+        answer_generative(model, tokenizer, QUESTION, None, QA)
+
+
+def test_answer_choice_matches_hand_computation(tiny_lm):
+    model, tokenizer = tiny_lm
+    mmlu = get_template("mmlu")
+    options = {"A": "Zhu Yuanzhang", "B": "Romulus", "C": "Kublai Khan", "D": "Yongle"}
+    for template, opts, labels in [(mmlu, options, list("ABCD")), (get_template("fever"), None, ["true", "false"])]:
+        for temperature in (0.02, 1.0):
+            pred = answer_choice(model, tokenizer, QUESTION, opts, HITS, template, temperature=temperature, k=3)
+            prompts = build_prompts(template, QUESTION, HITS, "replug", choices=opts)
+            conts = [" " + label for label in labels]
+            lp = torch.stack([torch.stack([x.sum() for x in continuation_logprobs(model, tokenizer, [p] * len(conts), conts)])
+                              for p in prompts])  # [k, C]
+            mixed = mix_log_probs(lp[None], retrieval_log_weights(torch.tensor([h.score for h in HITS]), temperature)[None])[0]
+            assert pred.candidates == labels
+            assert pred.answer == labels[int(mixed.argmax())]
+            assert pred.mixed == pytest.approx(mixed.tolist(), abs=1e-4)
+            assert pred.chunk_answers == [labels[int(row.argmax())] for row in lp]
+
+
+def test_token_level_ensemble(tiny_lm):
+    model, tokenizer = tiny_lm
+    # One prompt: the mixture is that prompt's distribution, so token-level decoding is plain greedy.
+    greedy = answer_generative(model, tokenizer, QUESTION, HITS, QA, mode="top1", max_new_tokens=6)
+    token = answer_generative(model, tokenizer, QUESTION, HITS, QA, mode="top1", max_new_tokens=6, token_level=True)
+    assert token.answer == greedy.answer and token.mixed == pytest.approx(greedy.mixed, abs=1e-4)
+    # All weight on one chunk: the top chunk's greedy answer.
+    for top in range(3):
+        hits = [Hit(h.row, h.id, h.doc_id, h.title, h.text, 1.0 if i == top else 0.0) for i, h in enumerate(HITS)]
+        seq = answer_generative(model, tokenizer, QUESTION, hits, QA, temperature=1e-4, max_new_tokens=6)
+        tok = answer_generative(model, tokenizer, QUESTION, hits, QA, temperature=1e-4, max_new_tokens=6, token_level=True)
+        assert tok.answer == seq.chunk_answers[top] and tok.chunk_answers == []
+        assert tok.mixed[0] == pytest.approx(seq.chunk_scores[top][seq.candidates.index(tok.answer)], abs=1e-4)
+
+
+def test_format_prediction(tiny_lm):
+    model, tokenizer = tiny_lm
+    pred = answer_generative(model, tokenizer, QUESTION, HITS, QA, temperature=0.1, max_new_tokens=6)
+    lines = format_prediction(pred, HITS).splitlines()
+    assert lines[0] == f"Q: {QUESTION}" and lines[1].startswith(f"A: {pred.answer}")
+    assert lines[3].split()[:4] == ["1", f"{pred.weights[0]:.3f}", "Ming", "dynasty"]
+    assert lines[3].endswith(pred.chunk_answers[0]) and lines[5].split()[2] == "rome#0"  # no title: the id
+
+
+# --------------------------------------------------------------------------------------------------
+# radit ask
+
+
+def test_radit_ask_on_bm25_index(tmp_path, passages_file, tiny_lm_dir, capsys):
+    from radit.cli import main
+    from radit.config import IndexConfig
+    from radit.retriever.index import build_index
+
+    index = tmp_path / "index"
+    build_index(IndexConfig(passages=str(passages_file), output=str(index), backend="bm25"))
+    common = ["--model", str(tiny_lm_dir), "--device", "cpu", "--max-new-tokens", "4", "-q"]
+    assert main(["ask", "--index", str(index), "--k", "3", *common, "Who founded the Ming dynasty?"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Q: Who founded the Ming dynasty?" and out[1].startswith("A: ")
+    assert [line.split()[0] for line in out[3:6]] == ["1", "2", "3"] and len(out) == 6
+    assert "Ming dynasty" in out[3]  # BM25 ranks the Ming passages first
+    weights = [float(line.split()[1]) for line in out[3:6]]
+    assert sum(weights) == pytest.approx(1.0, abs=2e-3) and weights == sorted(weights, reverse=True)
+
+    assert main(["ask", "--mode", "closed-book", "--index", str(tmp_path / "none"), *common, "Who?"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Q: Who?" and len(out) == 2
+    # Demonstrations from the bundled train split; a closed-answer template goes through answer_choice.
+    assert main(["ask", "--index", str(index), "--k", "2", "--shots", "2", "--template", "fever", *common,
+                 "The Ming dynasty was founded in 1368."]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split()[1] in {"true", "false"} and len(out) == 5
+
+    assert main(["ask", "--index", str(index), *common, "  "]) == 2
+    assert "empty question" in capsys.readouterr().err
+    assert main(["ask", "--index", str(index), *common]) == 2
+    assert 'radit ask --index DIR "question"' in capsys.readouterr().err

@@ -1,0 +1,468 @@
+"""Evaluation tasks, the eval harness (fake answer functions and a tiny in-process Llama) and the report."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from radit.eval.harness import EvalConfig, read_predictions, resolve_temperature, run_eval, summarize
+from radit.eval.report import ReportConfig, make_report
+from radit.eval.tasks import HELD_OUT, get_task, resolve_data_dir
+
+HAS_AUGMENT = importlib.util.find_spec("radit.augment") is not None
+
+QUESTIONS = [
+    {"id": "ming", "question": "Who founded the Ming dynasty?", "answers": ["Zhu Yuanzhang"]},
+    {"id": "paris", "question": "What is the capital of France?", "answers": ["Paris"]},
+    {"id": "eiffel", "question": "When was the Eiffel Tower completed?", "answers": ["1889"]},
+    {"id": "oxygen", "question": "Who discovered oxygen?", "answers": ["Joseph Priestley", "Carl Wilhelm Scheele"]},
+    {"id": "piano", "question": "How many keys does a modern piano have?", "answers": ["88"]},
+]
+# Known predictions and their SQuAD scores: (em, f1).
+PREDICTIONS = {
+    "ming": ("Zhu Yuanzhang", 1, 1.0),
+    "paris": ("the city of Paris", 0, 0.5),  # "city of paris" vs "paris": P 1/3, R 1
+    "eiffel": ("1889.", 1, 1.0),
+    "oxygen": ("Priestley", 0, 2 / 3),  # vs "joseph priestley": P 1, R 1/2
+    "piano": ("52", 0, 0.0),
+}
+EM = 100 * 2 / 5
+F1 = 100 * (1 + 0.5 + 1 + 2 / 3 + 0) / 5
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixture files in the real formats
+# --------------------------------------------------------------------------------------------------
+
+
+def write_csv(path: Path, rows: list[list[str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    """A miniature ../shared/data: MMLU csv, FEVER jsonl, DPR tsv, NQ-open jsonl, HotpotQA json."""
+    root = tmp_path / "data"
+    # MMLU: header-less question,A,B,C,D,answer; a quoted cell with a comma and doubled quotes.
+    write_csv(root / "mmlu/data/test/astronomy_test.csv", [
+        ['What is true for a type-Ia ("type one-a") supernova?', "Binary systems", "Young galaxies", "Gamma rays", "X-rays", "A"],
+        ["Which planet is largest?", "Mars", "Jupiter", "Venus", "Earth", "B"],
+    ])
+    write_csv(root / "mmlu/data/test/anatomy_test.csv", [["How many bones, roughly, in an adult?", "106", "156", "206", "306", "C"]])
+    for subject in ("astronomy", "anatomy"):
+        write_csv(root / f"mmlu/data/dev/{subject}_dev.csv",
+                  [[f"{subject} demo {i}?", "w", "x", "y", "z", "ABCD"[i % 4]] for i in range(5)])
+    # FEVER: {id, verifiable, label, claim, evidence}; NOT ENOUGH INFO is dropped.
+    fever = []
+    for i in range(HELD_OUT + 6):
+        label = "SUPPORTS" if i % 3 else "REFUTES"
+        fever.append({"id": 1000 + i, "verifiable": "VERIFIABLE", "label": label, "claim": f"Claim number {i}.", "evidence": []})
+        if i % 20 == 0:
+            fever.append({"id": 5000 + i, "verifiable": "NOT VERIFIABLE", "label": "NOT ENOUGH INFO", "claim": "Unknown.",
+                          "evidence": [[[1, None, None, None]]]})
+    (root / "fever").mkdir(parents=True)
+    (root / "fever/dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fever))
+    # NQ-open: test.jsonl with `answer` lists; dev.tsv DPR style, one row CSV-quoted.
+    (root / "nq_open").mkdir()
+    (root / "nq_open/test.jsonl").write_text(
+        '{"question": "who founded the ming dynasty", "answer": ["Zhu Yuanzhang", "Hongwu Emperor"]}\n'
+        '{"question": "capital of france", "answer": ["Paris"]}\n'
+    )
+    (root / "nq_open/dev.tsv").write_text(
+        "who wrote hamlet\t['William Shakespeare']\n"
+        'what is "the big apple"\t"[\'New York City\', ""NYC""]"\n'
+        "how many legs does a spider have\t['8', 'eight']\n"
+    )
+    # TriviaQA: same DPR tsv format, one split: its head is the demonstration pool.
+    (root / "triviaqa").mkdir()
+    (root / "triviaqa/dev.tsv").write_text("".join(f"Trivia question {i}?\t['answer {i}']\n" for i in range(HELD_OUT + 4)))
+    # HotpotQA: a JSON list of {question, answer, type}.
+    (root / "hotpotqa").mkdir()
+    hotpot = [{"question": f"Hotpot question {i}?", "answer": "yes" if i % 2 else f"entity {i}", "type": "comparison" if i % 2 else "bridge"}
+              for i in range(HELD_OUT + 3)]
+    (root / "hotpotqa/dev.json").write_text(json.dumps(hotpot))
+    return root
+
+
+@pytest.fixture
+def questions_file(tmp_path) -> Path:
+    path = tmp_path / "questions.jsonl"
+    path.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    return path
+
+
+@pytest.fixture
+def bm25_index(tmp_path, passages_file) -> Path:
+    from radit.config import IndexConfig
+    from radit.retriever.index import build_index
+
+    return build_index(IndexConfig(passages=str(passages_file), output=str(tmp_path / "index"), backend="bm25"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Task readers
+# --------------------------------------------------------------------------------------------------
+
+
+def test_mmlu_reads_csv_and_takes_demos_from_the_same_subjects_dev(data_dir):
+    task = get_task("mmlu", data_dir=data_dir)
+    assert (task.kind, task.template, task.metric) == ("choice", "mmlu", "accuracy")
+    examples = task.load()
+    assert [e.id for e in examples] == ["anatomy-0", "astronomy-0", "astronomy-1"]  # subjects in name order
+    first = examples[1]
+    assert first.question == 'What is true for a type-Ia ("type one-a") supernova?'
+    assert first.choices == {"A": "Binary systems", "B": "Young galaxies", "C": "Gamma rays", "D": "X-rays"}
+    assert first.label == "A" and first.answers == ["A"] and first.meta == {"subject": "astronomy"}
+    demos = task.demonstrations(3, first)
+    assert [d.question for d in demos] == ["astronomy demo 0?", "astronomy demo 1?", "astronomy demo 2?"]
+    assert task.demonstrations(5, examples[0])[0].question == "anatomy demo 0?"
+    with pytest.raises(ValueError, match="only 5 demonstrations"):
+        task.demonstrations(6, first)
+    assert task.load(limit=2) == examples[:2]
+
+
+def test_mmlu_bad_row_names_file_and_line(data_dir):
+    path = data_dir / "mmlu/data/test/anatomy_test.csv"
+    path.write_text('"A question, quoted",a,b,c,d,A\nshort row,a,b,c,A\n')
+    with pytest.raises(ValueError, match=r"anatomy_test\.csv:2: row: 5 columns"):
+        get_task("mmlu", data_dir=data_dir).load()
+    path.write_text("q,a,b,c,d,E\n")
+    with pytest.raises(ValueError, match=r"anatomy_test\.csv:1: answer: 'E'"):
+        get_task("mmlu", data_dir=data_dir).load()
+
+
+def test_fever_maps_labels_drops_nei_and_holds_out_demos(data_dir):
+    task = get_task("fever", data_dir=data_dir)
+    assert (task.kind, task.template, task.metric) == ("choice", "fever", "accuracy")
+    examples = task.load()
+    assert len(examples) == 6  # 70 labelled claims, the first 64 held out
+    assert [e.id for e in examples] == [str(1000 + i) for i in range(HELD_OUT, HELD_OUT + 6)]
+    for e in examples:
+        i = int(e.id) - 1000
+        assert e.label == ("true" if i % 3 else "false") and e.answers == [e.label] and e.choices is None
+        assert e.question == f"Claim number {i}."
+    assert task.notes == ["dropped 4 NOT ENOUGH INFO claims (KILT FEVER is two-way)"]
+    demos = task.demonstrations(5)
+    assert demos == task.demonstrations(5) == get_task("fever", data_dir=data_dir).demonstrations(5)  # deterministic
+    assert {int(d.id) - 1000 for d in demos} <= set(range(HELD_OUT))  # never an evaluated claim
+
+
+def test_nq_open_evaluates_test_jsonl_with_demos_from_dev_tsv(data_dir):
+    task = get_task("nq-open", data_dir=data_dir)
+    examples = task.load()
+    assert [(e.question, e.answers) for e in examples] == [
+        ("who founded the ming dynasty", ["Zhu Yuanzhang", "Hongwu Emperor"]), ("capital of france", ["Paris"])]
+    demos = task.demonstrations(3)
+    assert sorted(d.question for d in demos) == ['how many legs does a spider have', 'what is "the big apple"', "who wrote hamlet"]
+    assert next(d for d in demos if "apple" in d.question).answers == ["New York City", "NYC"]  # CSV-quoted row
+    with pytest.raises(ValueError, match="only 3 demonstrations"):
+        task.demonstrations(4)
+
+
+def test_triviaqa_and_hotpotqa_hold_out_their_head(data_dir):
+    trivia = get_task("triviaqa", data_dir=data_dir)
+    assert [e.question for e in trivia.load()] == [f"Trivia question {i}?" for i in range(HELD_OUT, HELD_OUT + 4)]
+    assert trivia.load()[0].answers == [f"answer {HELD_OUT}"]
+    assert {d.question for d in trivia.demonstrations(5)} <= {f"Trivia question {i}?" for i in range(HELD_OUT)}
+
+    hotpot = get_task("hotpotqa", data_dir=data_dir)
+    examples = hotpot.load(limit=2)
+    assert [(e.question, e.answers, e.meta["type"]) for e in examples] == [
+        (f"Hotpot question {HELD_OUT}?", [f"entity {HELD_OUT}"], "bridge"),
+        (f"Hotpot question {HELD_OUT + 1}?", ["yes"], "comparison"),
+    ]
+    assert hotpot.template == "qa" and hotpot.metric == "em_f1"
+
+
+def test_squad_open_uses_bundled_test_and_train_demos():
+    task = get_task("squad-open")
+    test_ids = {e.id for e in task.load()}
+    assert len(task.load(limit=3)) == 3
+    demos = task.demonstrations(5)
+    assert len(demos) == 5 and not {d.id for d in demos} & test_ids
+
+
+def test_qa_file_task_and_its_errors(tmp_path, questions_file):
+    task = get_task(f"qa-file:{questions_file}")
+    assert [e.id for e in task.load()] == [q["id"] for q in QUESTIONS]
+    with pytest.raises(ValueError, match="--demos"):
+        task.demonstrations(1)
+    with_demos = get_task(f"qa-file:{questions_file}", demos="quickstart:squad-open/train")
+    assert len(with_demos.demonstrations(2)) == 2
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "ok?", "answers": ["a"]}\n{"question": "  ", "answers": ["b"]}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: question: empty"):
+        get_task(f"qa-file:{bad}").load()
+    with pytest.raises(ValueError, match="nq-open, triviaqa"):
+        get_task("nq")
+
+
+def test_missing_data_dir_says_where_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("RADIT_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"--data-dir \(or \$RADIT_DATA\)"):
+        get_task("nq-open")
+    monkeypatch.setenv("RADIT_DATA", str(tmp_path))
+    assert resolve_data_dir() == tmp_path
+
+
+# --------------------------------------------------------------------------------------------------
+# Harness with fake answer functions
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FakePrediction:
+    answer: str
+    candidates: list[str]
+    mixed: list[float]
+    chunk_answers: list[str]
+    weights: list[float]
+    passage_ids: list[str]
+
+
+class FakeAnswers:
+    """Stands in for radit.augment: known answers, records its calls, can fail after n calls."""
+
+    def __init__(self, fail_after: int | None = None, choice_answer: str = "true"):
+        self.calls: list[dict] = []
+        self.fail_after = fail_after
+        self.choice_answer = choice_answer
+
+    def _predict(self, answer: str, hits, candidates) -> FakePrediction:
+        if self.fail_after is not None and len(self.calls) > self.fail_after:
+            raise RuntimeError("killed")
+        weights = torch.softmax(torch.tensor([h.score for h in hits] or [0.0]), 0).tolist()[: len(hits)]
+        return FakePrediction(answer, candidates, [-1.0] + [float("-inf")] * (len(candidates) - 1),
+                              [answer] * len(hits), weights, [h.id for h in hits])
+
+    def generative(self, model, tokenizer, question, hits, template, **kwargs):
+        self.calls.append({"question": question, "hits": hits, "template": template, **kwargs})
+        qid = next(q["id"] for q in QUESTIONS if q["question"] == question)
+        return self._predict(PREDICTIONS[qid][0], hits, [PREDICTIONS[qid][0], "other"])
+
+    def choice(self, model, tokenizer, question, options, hits, template, **kwargs):
+        self.calls.append({"question": question, "options": options, "hits": hits, "template": template, **kwargs})
+        return self._predict(self.choice_answer, hits, list(template.answer_options))
+
+    @property
+    def fns(self):
+        return {"generative": self.generative, "choice": self.choice}
+
+
+def eval_cfg(tmp_path, questions_file, index, **kw) -> EvalConfig:
+    kw.setdefault("output", str(tmp_path / "run"))
+    return EvalConfig(task=f"qa-file:{questions_file}", index=str(index) if index else None, k=3, **kw)
+
+
+def test_eval_end_to_end_with_known_predictions(tmp_path, questions_file, bm25_index):
+    fake = FakeAnswers()
+    report = run_eval(eval_cfg(tmp_path, questions_file, bm25_index), fake.fns, lm=(None, None))
+    out = tmp_path / "run"
+    assert report["n"] == 5 and report["primary_metric"] == "em"
+    assert report["metrics"]["em"] == pytest.approx(EM) and report["metrics"]["f1"] == pytest.approx(F1)
+    assert report["temperature"] == {"value": 1.0, "source": "default for a BM25 index (no encoder temperature)"}
+    assert json.loads((out / "metrics.json").read_text()) == report
+    assert "k: 3" in (out / "config.yaml").read_text() and "template: qa" in (out / "config.yaml").read_text()
+
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == [q["id"] for q in QUESTIONS]
+    for rec in records:
+        pred, em, f1 = PREDICTIONS[rec["id"]]
+        assert (rec["prediction"], rec["em"], rec["f1"]) == (pred, em, pytest.approx(f1))
+        assert len(rec["retrieved_ids"]) == 3 and rec["passage_ids"] == rec["retrieved_ids"]
+        assert rec["mixed"] == [-1.0, None]  # -inf written as null
+        assert sum(rec["weights"]) == pytest.approx(1.0)
+    assert records[0]["retrieved_ids"][0] == "ming#0"  # BM25 finds the answering passage
+    call = fake.calls[0]
+    assert (call["mode"], call["k"], call["temperature"], call["scoring"], call["demonstrations"]) == ("replug", 3, 1.0, "nll", [])
+    assert call["template"].name == "qa" and call["max_new_tokens"] == 32
+
+
+def test_eval_resumes_after_a_kill_without_duplicates(tmp_path, questions_file, bm25_index):
+    cfg = eval_cfg(tmp_path, questions_file, bm25_index)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_eval(cfg, FakeAnswers(fail_after=2).fns, lm=(None, None))
+    preds = tmp_path / "run" / "predictions.jsonl"
+    assert [json.loads(line)["id"] for line in preds.read_text().splitlines()] == ["ming", "paris"]
+    with open(preds, "a") as f:
+        f.write('{"id": "eiffel", "quest')  # killed mid-write
+
+    fake = FakeAnswers()
+    report = run_eval(cfg, fake.fns, lm=(None, None))
+    assert [c["question"] for c in fake.calls] == [q["question"] for q in QUESTIONS[2:]]
+    ids = [json.loads(line)["id"] for line in preds.read_text().splitlines()]
+    assert ids == [q["id"] for q in QUESTIONS] and len(set(ids)) == len(ids)
+    assert report["resumed"] == 2 and report["n"] == 5 and report["metrics"]["em"] == pytest.approx(EM)
+
+    # Everything done: a rerun answers nothing and rewrites the same metrics.
+    again = FakeAnswers()
+    assert run_eval(cfg, again.fns, lm=(None, None))["metrics"] == report["metrics"] and not again.calls
+
+
+def test_eval_limit_and_settings_mismatch(tmp_path, questions_file, bm25_index):
+    cfg = eval_cfg(tmp_path, questions_file, bm25_index, limit=2)
+    assert run_eval(cfg, FakeAnswers().fns, lm=(None, None))["n"] == 2
+    fake = FakeAnswers()
+    assert run_eval(dataclasses.replace(cfg, limit=None), fake.fns, lm=(None, None))["n"] == 5  # raising --limit resumes
+    assert len(fake.calls) == 3
+    changed = eval_cfg(tmp_path, questions_file, bm25_index, scoring="nll_char")
+    with pytest.raises(ValueError, match=r"scoring: 'nll' -> 'nll_char'.*--overwrite"):
+        run_eval(changed, FakeAnswers().fns, lm=(None, None))
+    fake = FakeAnswers()
+    run_eval(dataclasses.replace(changed, overwrite=True), fake.fns, lm=(None, None))
+    assert len(fake.calls) == 5 and fake.calls[0]["scoring"] == "nll_char"
+
+
+def test_eval_bad_input(tmp_path, questions_file, bm25_index, caplog):
+    with pytest.raises(ValueError, match="--index is needed for --mode replug"):
+        EvalConfig(task="squad-open")
+    with pytest.raises(ValueError, match="--shots must be >= 0"):
+        EvalConfig(task="squad-open", mode="closed-book", shots=-1)
+    with pytest.raises(ValueError, match="--task 'nope' is unknown; valid: squad-open, nq-open"):
+        run_eval(EvalConfig(task="nope", mode="closed-book", output=str(tmp_path / "x")), FakeAnswers().fns, lm=(None, None))
+    with pytest.raises(ValueError, match="--template mmlu does not fit"):
+        run_eval(eval_cfg(tmp_path, questions_file, bm25_index, template="mmlu"), FakeAnswers().fns, lm=(None, None))
+    # k larger than the corpus (20 passages): a warning, and every passage comes back.
+    with caplog.at_level(logging.WARNING):
+        big_k = dataclasses.replace(eval_cfg(tmp_path, questions_file, bm25_index, limit=1, output=str(tmp_path / "big-k")), k=50)
+        run_eval(big_k, FakeAnswers().fns, lm=(None, None))
+    assert "larger than the corpus" in caplog.text
+    rec = json.loads((tmp_path / "big-k" / "predictions.jsonl").read_text())
+    assert len(rec["retrieved_ids"]) == 20
+
+
+def test_eval_choice_task_closed_book_with_demos(tmp_path, data_dir):
+    fake = FakeAnswers(choice_answer="true")
+    cfg = EvalConfig(task="fever", mode="closed-book", shots=2, data_dir=str(data_dir), output=str(tmp_path / "{task}-{mode}-{shots}"))
+    report = run_eval(cfg, fake.fns, lm=(None, None))
+    assert (tmp_path / "fever-closed-book-2" / "metrics.json").is_file()
+    examples = get_task("fever", data_dir=data_dir).load()
+    assert report["n"] == 6 and report["primary_metric"] == "accuracy"
+    assert report["metrics"] == {"accuracy": pytest.approx(100 * sum(e.label == "true" for e in examples) / 6)}
+    assert report["temperature"]["value"] is None and report["notes"]
+    call = fake.calls[0]
+    assert call["hits"] == [] and call["options"] is None and call["template"].name == "fever"
+    demos = get_task("fever", data_dir=data_dir).demonstrations(2)
+    assert call["demonstrations"] == [(d.question, d.label) for d in demos]
+
+    mmlu = FakeAnswers(choice_answer="A")
+    report = run_eval(EvalConfig(task="mmlu", mode="closed-book", shots=1, data_dir=str(data_dir),
+                                 output=str(tmp_path / "mmlu")), mmlu.fns, lm=(None, None))
+    assert report["metrics"]["accuracy"] == pytest.approx(100 / 3)
+    assert mmlu.calls[0]["options"] == {"A": "106", "B": "156", "C": "206", "D": "306"}
+    assert mmlu.calls[0]["demonstrations"] == [("anatomy demo 0?", "A", {"A": "w", "B": "x", "C": "y", "D": "z"})]
+
+
+def test_temperature_comes_from_flag_or_dense_manifest(tmp_path, passages_file, tiny_encoder_dir, bm25_index):
+    from radit.config import EncoderConfig, IndexConfig
+    from radit.retriever.index import build_index
+
+    dense = build_index(IndexConfig(passages=str(passages_file), output=str(tmp_path / "dense"), device="cpu",
+                                    encoder=EncoderConfig(preset="minilm", query_model=str(tiny_encoder_dir))))
+    value, source = resolve_temperature(EvalConfig(index=str(dense)))
+    assert value == 0.05 and "score_temperature" in source
+    assert resolve_temperature(EvalConfig(index=str(bm25_index), temperature=0.5)) == (0.5, "--temperature")
+
+
+def test_summarize_and_torn_lines(tmp_path):
+    task = get_task("squad-open")
+    records = [{"em": 1.0, "f1": 1.0}, {"em": 0.0, "f1": 0.25}]
+    assert summarize(task, records) == ({"em": 50.0, "f1": 62.5}, "em")
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": "a"}\n{"id": "b"}\n{"id": "c", "x"')
+    assert list(read_predictions(path)) == ["a", "b"] and path.read_text() == '{"id": "a"}\n{"id": "b"}\n'
+    path.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')
+    with pytest.raises(ValueError, match=r"p\.jsonl:2: invalid JSON"):
+        read_predictions(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Harness with a tiny real LM
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_lm_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide Llama with the real SmolLM2 tokenizer, saved as an HF folder."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from radit.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
+    path = tmp_path_factory.mktemp("tiny-lm")
+    LlamaForCausalLM(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.skipif(not HAS_AUGMENT, reason="radit.augment (answer_generative) is not written yet")
+def test_eval_with_tiny_llama_and_bm25(tmp_path, questions_file, bm25_index, tiny_lm_dir):
+    cfg = EvalConfig(task=f"qa-file:{questions_file}", model=str(tiny_lm_dir), index=str(bm25_index), k=3, limit=3,
+                     max_new_tokens=4, device="cpu", output=str(tmp_path / "run"))
+    report = run_eval(cfg)
+    assert report["n"] == 3 and set(report["metrics"]) == {"em", "f1"}
+    assert report["truncated_prompts"] == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == ["ming", "paris", "eiffel"]
+    for rec in records:
+        assert isinstance(rec["prediction"], str) and len(rec["retrieved_ids"]) == 3
+        assert sum(rec["weights"]) == pytest.approx(1.0, abs=1e-4)
+        assert rec["prediction"] in rec["candidates"] or not rec["candidates"]
+
+
+@pytest.mark.skipif(not HAS_AUGMENT, reason="radit.augment (answer_choice) is not written yet")
+def test_eval_choice_tasks_with_tiny_llama(tmp_path, data_dir, bm25_index, tiny_lm_dir):
+    from radit.lm import load_lm
+
+    lm = load_lm(str(tiny_lm_dir), device="cpu")
+    mmlu = run_eval(EvalConfig(task="mmlu", index=str(bm25_index), k=2, shots=1, data_dir=str(data_dir), device="cpu",
+                               output=str(tmp_path / "mmlu")), lm=lm)
+    fever = run_eval(EvalConfig(task="fever", mode="closed-book", limit=2, data_dir=str(data_dir), device="cpu",
+                                output=str(tmp_path / "fever")), lm=lm)
+    assert mmlu["n"] == 3 and fever["n"] == 2
+    for run, options in ((tmp_path / "mmlu", ["A", "B", "C", "D"]), (tmp_path / "fever", ["true", "false"])):
+        for rec in map(json.loads, (run / "predictions.jsonl").read_text().splitlines()):
+            assert rec["candidates"] == options and rec["prediction"] in options
+            assert rec["correct"] == float(rec["prediction"] == rec["gold"][0])
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------
+
+
+def test_report_writes_table_and_chart(tmp_path, questions_file, bm25_index, data_dir):
+    qa = run_eval(eval_cfg(tmp_path, questions_file, bm25_index, output=str(tmp_path / "qa")), FakeAnswers().fns, lm=(None, None))
+    closed = run_eval(eval_cfg(tmp_path, questions_file, None, mode="closed-book", output=str(tmp_path / "qa-cb")),
+                      FakeAnswers().fns, lm=(None, None))
+    fever = run_eval(EvalConfig(task="fever", mode="closed-book", data_dir=str(data_dir), output=str(tmp_path / "fever")),
+                     FakeAnswers(choice_answer="false").fns, lm=(None, None))
+    cfg = ReportConfig(runs=[str(tmp_path / d) for d in ("qa", "qa-cb", "fever")], output=str(tmp_path / "report"))
+    md = make_report([Path(r) for r in cfg.runs], Path(cfg.output))
+    lines = md.read_text().splitlines()
+    task = f"qa-file:{questions_file}"
+    assert lines[0] == "| task | mode | k | shots | n | EM | F1 / accuracy |"
+    assert lines[2] == f"| {task} | replug | 3 | 0 | 5 | {EM:.1f} | {F1:.1f} |"
+    assert lines[3] == f"| {task} | closed-book | – | 0 | 5 | {EM:.1f} | {F1:.1f} |"
+    assert lines[4] == f"| fever | closed-book | – | 0 | 6 | – | {fever['metrics']['accuracy']:.1f} |"
+    assert qa["metrics"] == closed["metrics"]
+    png = tmp_path / "report" / "comparison.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    with pytest.raises(FileNotFoundError, match="no metrics.json"):
+        make_report([tmp_path / "missing"], tmp_path / "report")
+    with pytest.raises(ValueError, match="--runs"):
+        ReportConfig(runs=[])
