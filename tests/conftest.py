@@ -80,3 +80,32 @@ def passages_file(tmp_path) -> Path:
             i = counts[doc] = counts.get(doc, -1) + 1
             f.write(json.dumps({"id": f"{doc}#{i}", "doc_id": doc, "title": title, "text": text}) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide Llama with the real SmolLM2 tokenizer (49,152 tokens), saved as an HF folder."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from radit.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=128,
+        # Large weights, so log-probs differ by position and context and the oracle tests have teeth
+        # (the default 0.02 gives a near-uniform next-token distribution).
+        initializer_range=0.1,
+    )
+    path = tmp_path_factory.mktemp("tiny-lm")
+    LlamaForCausalLM(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_lm_dir):
+    from radit.lm.model import load_lm
+
+    return load_lm(str(tiny_lm_dir), device="cpu")

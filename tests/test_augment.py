@@ -35,32 +35,6 @@ HITS = [
 QA = get_template("qa")
 
 
-@pytest.fixture(scope="module")
-def tiny_lm_dir(tmp_path_factory) -> Path:
-    """A 2-layer, 32-wide Llama with the real SmolLM2 tokenizer, as in tests/test_lm_scoring.py."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from radit.models import resolve_model
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=128,
-        # Large weights: answers and scores then depend on the context (0.02 gives near-uniform outputs).
-        initializer_range=0.1,
-    )
-    path = tmp_path_factory.mktemp("tiny-lm")
-    LlamaForCausalLM(config).eval().save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tiny_lm_dir):
-    return load_lm(str(tiny_lm_dir), device="cpu")
-
-
 # --------------------------------------------------------------------------------------------------
 # greedy decoding
 
