@@ -69,6 +69,52 @@ def test_greedy_batched_equals_one_by_one(tiny_lm):
     assert [extract_answer(t) for t in stopped] == [extract_answer(t) for t in batched]
 
 
+@pytest.mark.parametrize("stop", [False, True])
+def test_greedy_from_prefill_equals_generate(tiny_lm, stop):
+    from radit.lm.generate import greedy_from_prefill
+    from radit.lm.prefill import prefill
+
+    model, tokenizer = tiny_lm
+    prompts = build_prompts(QA, QUESTION, HITS, "replug") + ["Q: Hi\nA:", "A"]
+    pre = prefill(model, tokenizer, prompts, reserve=12)
+    fast = greedy_from_prefill(model, tokenizer, pre, max_new_tokens=12, stop_at_answer_end=stop)
+    slow = [greedy_generate(model, tokenizer, [p], max_new_tokens=12, stop_at_answer_end=stop)[0] for p in prompts]
+    assert fast == slow
+    assert len(set(fast)) >= 3 and all(fast)
+    # Decoding used a copy of the cache: scoring can start from the same prefill.
+    assert greedy_from_prefill(model, tokenizer, pre, max_new_tokens=12, stop_at_answer_end=stop) == fast
+
+
+def test_no_empty_answer_when_the_model_would_stop_at_once(tiny_lm):
+    """SmolLM2 ends many plain QA prompts with eos at once; min_new_tokens=1 (the default) rules that out."""
+    from radit.lm.generate import greedy_from_prefill
+    from radit.lm.prefill import prefill
+
+    model, tokenizer = tiny_lm
+    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
+
+    def eos_first(module, inputs, logits):  # eos is the argmax everywhere
+        logits = logits.clone()
+        logits[..., eos] = logits.max() + 100
+        return logits
+
+    prompts = ["Q: Hi\nA:", "Question: What is the capital of France?\nAnswer:"]
+    handle = model.lm_head.register_forward_hook(eos_first)
+    try:
+        assert greedy_generate(model, tokenizer, prompts, max_new_tokens=4, min_new_tokens=0) == ["", ""]
+        once = greedy_generate(model, tokenizer, prompts, max_new_tokens=4)
+        assert all(once)  # one forced token, then eos
+        pre = prefill(model, tokenizer, prompts, reserve=4)
+        assert greedy_from_prefill(model, tokenizer, pre, max_new_tokens=4) == once
+        assert greedy_from_prefill(model, tokenizer, pre, max_new_tokens=4, min_new_tokens=0) == ["", ""]
+        pred = answer_generative(model, tokenizer, QUESTION, HITS, QA, k=2, max_new_tokens=4)
+        assert pred.answer and all(pred.chunk_answers)
+        token = answer_generative(model, tokenizer, QUESTION, HITS, QA, k=2, max_new_tokens=4, token_level=True)
+        assert token.answer
+    finally:
+        handle.remove()
+
+
 def test_greedy_cuts_long_prompts_from_the_start(tiny_lm):
     model, tokenizer = tiny_lm
     long_prompt = build_prompts(QA, QUESTION, HITS, "concat")[0] * 3
@@ -207,6 +253,20 @@ def test_single_prompt_modes_return_the_greedy_answer(tiny_lm):
         assert pred.passage_ids == {"closed-book": [], "top1": ["ming#0"], "concat": ["ming#0", "ming#1", "rome#0"]}[mode]
     with pytest.raises(ValueError, match="closed-book"):
         answer_generative(model, tokenizer, QUESTION, None, QA)
+
+
+def test_answer_choice_cloze_scores_option_texts(tiny_lm):
+    model, tokenizer = tiny_lm
+    cloze = get_template("mmlu-cloze")
+    options = {"A": "Zhu Yuanzhang", "B": "Romulus", "C": "Kublai Khan", "D": "the Yongle Emperor"}
+    pred = answer_choice(model, tokenizer, QUESTION, options, HITS, cloze, temperature=0.1, k=3)
+    prompts = build_prompts(cloze, QUESTION, HITS, "replug")
+    assert "Romulus" not in prompts[0].split("Question:")[1]  # the options are not listed
+    conts = [" " + text for text in options.values()]
+    lp = torch.stack([torch.stack([x.sum() for x in continuation_logprobs(model, tokenizer, [p] * 4, conts)]) for p in prompts])
+    mixed = mix_log_probs(lp[None], retrieval_log_weights(torch.tensor([h.score for h in HITS]), 0.1)[None])[0]
+    assert pred.candidates == list("ABCD") and pred.answer == "ABCD"[int(mixed.argmax())]
+    assert pred.mixed == pytest.approx(mixed.tolist(), abs=1e-4)
 
 
 def test_answer_choice_matches_hand_computation(tiny_lm):

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import json
 import logging
+import random
 from pathlib import Path
 
 import pytest
 import torch
 
-from radit.eval.harness import EvalConfig, read_predictions, resolve_temperature, run_eval, summarize
-from radit.eval.report import ReportConfig, make_report
+from radit.config import EvalConfig, ReportConfig
+from radit.eval.harness import read_predictions, resolve_temperature, run_eval, summarize
+from radit.eval.report import make_report
 from radit.eval.tasks import HELD_OUT, get_task, resolve_data_dir
-
-HAS_AUGMENT = importlib.util.find_spec("radit.augment") is not None
 
 QUESTIONS = [
     {"id": "ming", "question": "Who founded the Ming dynasty?", "answers": ["Zhu Yuanzhang"]},
@@ -392,24 +391,6 @@ def test_summarize_and_torn_lines(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_lm_dir(tmp_path_factory) -> Path:
-    """A 2-layer, 32-wide Llama with the real SmolLM2 tokenizer, saved as an HF folder."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from radit.models import resolve_model
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
-    path = tmp_path_factory.mktemp("tiny-lm")
-    LlamaForCausalLM(config).eval().save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.mark.skipif(not HAS_AUGMENT, reason="radit.augment (answer_generative) is not written yet")
 def test_eval_with_tiny_llama_and_bm25(tmp_path, questions_file, bm25_index, tiny_lm_dir):
     cfg = EvalConfig(task=f"qa-file:{questions_file}", model=str(tiny_lm_dir), index=str(bm25_index), k=3, limit=3,
                      max_new_tokens=4, device="cpu", output=str(tmp_path / "run"))
@@ -424,7 +405,6 @@ def test_eval_with_tiny_llama_and_bm25(tmp_path, questions_file, bm25_index, tin
         assert rec["prediction"] in rec["candidates"] or not rec["candidates"]
 
 
-@pytest.mark.skipif(not HAS_AUGMENT, reason="radit.augment (answer_choice) is not written yet")
 def test_eval_choice_tasks_with_tiny_llama(tmp_path, data_dir, bm25_index, tiny_lm_dir):
     from radit.lm import load_lm
 
@@ -433,11 +413,73 @@ def test_eval_choice_tasks_with_tiny_llama(tmp_path, data_dir, bm25_index, tiny_
                                output=str(tmp_path / "mmlu")), lm=lm)
     fever = run_eval(EvalConfig(task="fever", mode="closed-book", limit=2, data_dir=str(data_dir), device="cpu",
                                 output=str(tmp_path / "fever")), lm=lm)
-    assert mmlu["n"] == 3 and fever["n"] == 2
-    for run, options in ((tmp_path / "mmlu", ["A", "B", "C", "D"]), (tmp_path / "fever", ["true", "false"])):
+    cloze = run_eval(EvalConfig(task="mmlu", mode="closed-book", template="mmlu-cloze", shots=1, data_dir=str(data_dir),
+                                device="cpu", output=str(tmp_path / "cloze")), lm=lm)
+    assert mmlu["n"] == 3 and fever["n"] == 2 and cloze["n"] == 3 and cloze["template"] == "mmlu-cloze v1"
+    runs = ((tmp_path / "mmlu", ["A", "B", "C", "D"]), (tmp_path / "fever", ["true", "false"]), (tmp_path / "cloze", ["A", "B", "C", "D"]))
+    for run, options in runs:
         for rec in map(json.loads, (run / "predictions.jsonl").read_text().splitlines()):
             assert rec["candidates"] == options and rec["prediction"] in options
             assert rec["correct"] == float(rec["prediction"] == rec["gold"][0])
+    # Cloze scores each option's text after the bare question, with the correct option's text as the demonstration.
+    from radit.lm import continuation_logprobs
+    from radit.prompts import get_template
+
+    model, tokenizer = lm
+    task = get_task("mmlu", data_dir=str(data_dir))
+    example = task.load()[0]
+    (demo,) = task.demonstrations(1, example)
+    prompt = get_template("mmlu-cloze").render(example.question, demonstrations=[(demo.question, demo.choices[demo.label])])
+    assert "A. " not in prompt and prompt.endswith(f"Question: {example.question}\nAnswer:")
+    texts = [" " + example.choices[label] for label in "ABCD"]
+    want = [float(lp.sum()) for lp in continuation_logprobs(model, tokenizer, [prompt] * 4, texts)]
+    rec = json.loads((tmp_path / "cloze" / "predictions.jsonl").read_text().splitlines()[0])
+    assert rec["mixed"] == pytest.approx(want, abs=1e-4)
+    assert rec["prediction"] == "ABCD"[max(range(4), key=want.__getitem__)]
+    with pytest.raises(ValueError, match="answer options"):
+        run_eval(EvalConfig(task="fever", mode="closed-book", template="mmlu-cloze", data_dir=str(data_dir),
+                            output=str(tmp_path / "bad")), lm=lm)
+
+
+def test_eval_sample_is_a_fixed_random_subset_in_file_order(tmp_path, questions_file, bm25_index):
+    reports = [run_eval(eval_cfg(tmp_path, questions_file, bm25_index, sample=3, output=str(tmp_path / f"s{i}")),
+                        FakeAnswers().fns, lm=(None, None)) for i in range(2)]
+    ids = [[json.loads(line)["id"] for line in (tmp_path / f"s{i}" / "predictions.jsonl").read_text().splitlines()] for i in range(2)]
+    order = [q["id"] for q in QUESTIONS]
+    assert reports[0]["n"] == 3 and ids[0] == ids[1]  # the same draw every time
+    assert ids[0] == [order[i] for i in sorted(random.Random(0).sample(range(len(order)), 3))]
+    with pytest.raises(ValueError, match="--sample and --limit"):
+        EvalConfig(task="squad-open", mode="closed-book", sample=3, limit=3)
+
+
+def test_radit_eval_and_report_commands(tmp_path, questions_file, bm25_index, tiny_lm_dir, capsys):
+    from radit.cli import main
+
+    runs = []
+    for mode in ("replug", "closed-book"):
+        out = tmp_path / mode
+        args = ["eval", "--task", f"qa-file:{questions_file}", "--model", str(tiny_lm_dir), "--mode", mode, "--k", "2",
+                "--limit", "2", "--max-new-tokens", "3", "--device", "cpu", "--output", str(out), "-q"]
+        if mode != "closed-book":
+            args += ["--index", str(bm25_index)]
+        assert main(args) == 0
+        printed = capsys.readouterr().out
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["n"] == 2 and metrics["mode"] == mode
+        assert f"em {metrics['metrics']['em']:.2f}" in printed and str(out) in printed
+        runs.append(str(out))
+    assert main(["report", "--runs", *runs, "--output", str(tmp_path / "report"), "-q"]) == 0
+    table = capsys.readouterr().out
+    assert "| replug | 2 | 0 | 2 |" in table and "| closed-book | – | 0 | 2 |" in table
+    assert (tmp_path / "report" / "comparison.png").is_file()
+    # Bad input: a clear message and exit code 2, nothing written.
+    assert main(["eval", "--task", "nope", "--mode", "closed-book", "--output", str(tmp_path / "bad"), "-q"]) == 2
+    assert main(["eval", "--task", f"qa-file:{questions_file}", "--index", str(tmp_path / "no-index"),
+                 "--output", str(tmp_path / "bad"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task" in err.lower() or "nope" in err
+    assert "no-index" in err
+    assert not (tmp_path / "bad").exists()
 
 
 # --------------------------------------------------------------------------------------------------

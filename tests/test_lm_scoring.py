@@ -69,6 +69,28 @@ def test_shared_prompt_equals_separate_pairs(tiny_lm):
         torch.testing.assert_close(s, p, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("max_rows", [64, 7, 1])
+def test_prefilled_equals_separate_pairs(tiny_lm, max_rows):
+    """Many prompts of different lengths (left padding) x many continuations on one prefill; max_rows
+    that do not divide the rows evenly split the work into several forwards."""
+    from radit.lm.prefill import prefill
+    from radit.lm.scoring import prefilled_logprobs
+
+    model, tokenizer = tiny_lm
+    candidates = [" Zhu Yuanzhang", " Hongwu", " the Yongle Emperor of the Ming", "", " Z"]
+    pre = prefill(model, tokenizer, PROMPTS, reserve=8)
+    cache_width = pre.cache.get_seq_length()
+    got = prefilled_logprobs(model, tokenizer, pre, candidates, max_rows=max_rows)
+    assert pre.cache.get_seq_length() == cache_width  # the prompts' cache is left as it was
+    for prompt, row in zip(PROMPTS, got):
+        want = continuation_logprobs(model, tokenizer, [prompt] * len(candidates), candidates, batch_size=1)
+        for g, w in zip(row, want):
+            assert g.shape == w.shape
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=0)
+    again = prefilled_logprobs(model, tokenizer, pre, candidates)  # the prefill can be reused
+    torch.testing.assert_close(torch.cat([torch.cat(r) for r in again]), torch.cat([torch.cat(r) for r in got]))
+
+
 def test_normalisations_on_hand_made_logprobs():
     lp = torch.tensor([-1.0, -2.0, -3.0])
     assert score(lp, "abcd", "nll") == pytest.approx(-6.0)

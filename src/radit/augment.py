@@ -34,8 +34,9 @@ import torch
 
 from radit.ensemble import choose, dedupe_candidates, mix_log_probs, retrieval_log_weights, token_mixture
 from radit.eval.metrics import normalize_answer
-from radit.lm.generate import extract_answer, greedy_generate
-from radit.lm.scoring import SCORERS, _logits_to_keep_supported, continuation_logprobs, score, shared_prompt_logprobs
+from radit.lm.generate import answer_complete, eos_ids, extract_answer, greedy_from_prefill, greedy_generate
+from radit.lm.prefill import Prefill, logits_to_keep_supported, model_device, prefill, select_rows
+from radit.lm.scoring import SCORERS, continuation_logprobs, prefilled_logprobs, score, shared_prompt_logprobs
 from radit.prompts import Demonstration, PromptTemplate, comp_prompt, fit_background
 from radit.runtime import autocast
 
@@ -179,28 +180,30 @@ def _prepare(model, tokenizer, question, hits, template, mode, temperature, k, d
     return _Prompts(prompts, log_weights, [h.id for h in used], stats["truncated"])
 
 
-def _continuation_logprobs(model, tokenizer, prompts, continuations, dtype, naive) -> list[list[torch.Tensor]]:
-    """[prompts][continuations] per-token log-probs: one prompt forward per prompt with the
-    continuations on its KV cache, or (naive) one full forward per pair."""
-    out = []
-    for prompt in prompts:
-        if naive:
-            out.append(continuation_logprobs(model, tokenizer, [prompt] * len(continuations), continuations,
-                                             batch_size=1, dtype=dtype))
-        else:
-            out.append(shared_prompt_logprobs(model, tokenizer, prompt, continuations, dtype=dtype))
-    return out
+def _logprob_matrix(model, tokenizer, prompts, continuations, dtype, naive, pre: Prefill | None = None) -> list[list[torch.Tensor]]:
+    """[prompts][continuations] per-token log-probs: the continuations on the prompts' KV cache (`pre`,
+    or a new prefill), or (naive) one full forward per pair."""
+    if naive:
+        return [continuation_logprobs(model, tokenizer, [p] * len(continuations), continuations, batch_size=1, dtype=dtype)
+                for p in prompts]
+    if pre is None:
+        longest = max(len(x) for x in tokenizer(list(continuations), add_special_tokens=False)["input_ids"])
+        pre = prefill(model, tokenizer, prompts, reserve=longest, dtype=dtype)
+    return prefilled_logprobs(model, tokenizer, pre, continuations, dtype=dtype)
 
 
-def _score_matrix(model, tokenizer, prompts, candidates, template, scoring, dtype, naive) -> torch.Tensor:
+def _score_matrix(model, tokenizer, prompts, candidates, template, scoring, dtype, naive, pre=None) -> torch.Tensor:
     """[P, C] score of each candidate after each prompt, by the `scoring` normalisation (App. B)."""
     if scoring not in SCORERS:
         raise ValueError(f"unknown scoring {scoring!r}; valid: {', '.join(SCORERS)}")
     continuations = [template.continuation(c) for c in candidates]
-    logprobs = _continuation_logprobs(model, tokenizer, prompts, continuations, dtype, naive)
+    logprobs = _logprob_matrix(model, tokenizer, prompts, continuations, dtype, naive, pre)
     comp: list = [None] * len(candidates)
     if scoring == "nll_comp":
-        (comp,) = _continuation_logprobs(model, tokenizer, [comp_prompt(template)], continuations, dtype, naive)
+        if naive:
+            (comp,) = _logprob_matrix(model, tokenizer, [comp_prompt(template)], continuations, dtype, naive)
+        else:
+            comp = shared_prompt_logprobs(model, tokenizer, comp_prompt(template), continuations, dtype=dtype)
     return torch.tensor(
         [[score(lp, cand, scoring, c) for lp, cand, c in zip(row, candidates, comp)] for row in logprobs],
         dtype=torch.float64,
@@ -225,14 +228,20 @@ def _answer_generative(model, tokenizer, question, hits, template, *, mode, temp
         raise ValueError(f"template {template.name!r} is multiple choice; use answer_choice")
     p = _prepare(model, tokenizer, question, hits, template, mode, temperature, k, demonstrations, None,
                  reserve=max_new_tokens + _RESCORE_SLACK)
+    # The question's prompts are read once, as one batch: decoding and rescoring both continue from
+    # their KV cache. The naive reference decodes one prompt at a time and rescores with full forwards.
+    pre = None if naive else prefill(model, tokenizer, p.prompts, reserve=max_new_tokens + _RESCORE_SLACK, dtype=dtype)
     if token_level:
-        text = _token_level_generate(model, tokenizer, p.prompts, p.log_weights, max_new_tokens, dtype)
+        text = _token_level_generate(model, tokenizer, pre, p.log_weights, max_new_tokens, dtype)
         chunk_answers: list[str] = []
         candidates = dedupe_candidates([extract_answer(text)], normalize_answer)
     else:
-        # All prompts of the question decode as one batch; the naive reference decodes one at a time.
-        texts = greedy_generate(model, tokenizer, p.prompts, max_new_tokens=max_new_tokens,
-                                batch_size=1 if naive else len(p.prompts), dtype=dtype, stop_at_answer_end=True)
+        if naive:
+            texts = greedy_generate(model, tokenizer, p.prompts, max_new_tokens=max_new_tokens, batch_size=1,
+                                    dtype=dtype, stop_at_answer_end=True)
+        else:
+            texts = greedy_from_prefill(model, tokenizer, pre, max_new_tokens=max_new_tokens, dtype=dtype,
+                                        stop_at_answer_end=True)
         chunk_answers = [extract_answer(t) for t in texts]
         candidates = dedupe_candidates(chunk_answers, normalize_answer)
     if not candidates:
@@ -240,7 +249,7 @@ def _answer_generative(model, tokenizer, question, hits, template, *, mode, temp
         return Prediction(question, "", [], [], chunk_answers, p.log_weights.exp().tolist(), p.passage_ids,
                           [[] for _ in p.prompts], mode, scoring, p.truncated)
     # Eq. 2 needs every candidate under every chunk, including the chunks that decoded another answer.
-    scores = _score_matrix(model, tokenizer, p.prompts, candidates, template, scoring, dtype, naive)
+    scores = _score_matrix(model, tokenizer, p.prompts, candidates, template, scoring, dtype, naive, pre)
     mixed, best = _mix(scores, p.log_weights)
     return Prediction(question, candidates[best], candidates, mixed, chunk_answers, p.log_weights.exp().tolist(),
                       p.passage_ids, scores.tolist(), mode, scoring, p.truncated)
@@ -293,29 +302,18 @@ def answer_generative(
                               dtype=dtype, naive=False, token_level=token_level)
 
 
-def answer_naive(
-    model,
-    tokenizer,
-    question: str,
-    hits: Sequence | None,
-    template: PromptTemplate,
-    *,
-    mode: str = "replug",
-    temperature: float = 1.0,
-    scoring: str = "nll",
-    k: int = 10,
-    demonstrations: Sequence[Demonstration] = (),
-    max_new_tokens: int = 32,
-    dtype: str = "float32",
-) -> Prediction:
+def answer_naive(model, tokenizer, question: str, hits: Sequence | None, template: PromptTemplate, **kwargs) -> Prediction:
     """`answer_generative` done the obvious way, the oracle and baseline for the batched version.
 
-    Decodes the prompts one at a time and scores each (chunk, candidate) pair with its own full
-    forward (`continuation_logprobs(batch_size=1)`). Same answers; scores equal up to float rounding.
+    Takes the same arguments (without `token_level`). Decodes the prompts one at a time and scores
+    each (chunk, candidate) pair with its own full forward (`continuation_logprobs(batch_size=1)`).
+    Same answers; scores equal up to float rounding.
     """
-    return _answer_generative(model, tokenizer, question, hits, template, mode=mode, temperature=temperature,
-                              scoring=scoring, k=k, demonstrations=demonstrations, max_new_tokens=max_new_tokens,
-                              dtype=dtype, naive=True)
+    options = dict(mode="replug", temperature=1.0, scoring="nll", k=10, demonstrations=(), max_new_tokens=32, dtype="float32")
+    unknown = set(kwargs) - set(options)
+    if unknown:
+        raise TypeError(f"answer_naive() got unexpected keyword argument(s) {sorted(unknown)}")
+    return _answer_generative(model, tokenizer, question, hits, template, **{**options, **kwargs}, naive=True)
 
 
 def answer_choice(
@@ -337,8 +335,10 @@ def answer_choice(
 
     Args:
         options: a mapping label -> option text (MMLU: {"A": ..., "D": ...}): the texts fill the
-            template's `{choices}` and the labels are scored; or a list of answers scored as they are
-            (FEVER: ["true", "false"]); None takes `template.answer_options`.
+            template's `{choices}` and the labels are scored, or, with a template without
+            `{choices}` (cloze, e.g. `mmlu-cloze`), each option's text is scored and its label
+            returned; or a list of answers scored as they are (FEVER: ["true", "false"]); None takes
+            `template.answer_options`.
         Others: as for `answer_generative`.
     """
     _check_hits(hits, mode)
@@ -346,61 +346,59 @@ def answer_choice(
         options = template.answer_options
         if options is None:
             raise ValueError(f"template {template.name!r} has no answer_options; pass the options")
-    if isinstance(options, Mapping):
-        choices: Mapping[str, str] | None = dict(options)
-        candidates = list(options)
+    choices: Mapping[str, str] | None = None
+    if isinstance(options, Mapping) and template.choices is None:
+        # Cloze: the options are not listed in the prompt; each option's text is scored as the answer.
+        labels, scored = list(options), [options[label] for label in options]
+    elif isinstance(options, Mapping):
+        choices, labels = dict(options), list(options)
+        scored = labels
     else:
-        choices, candidates = None, list(options)
-    if not candidates:
+        labels = scored = list(options)
+    if not labels:
         raise ValueError("no options to choose from")
-    longest = max(len(tokenizer(template.continuation(c), add_special_tokens=False)["input_ids"]) for c in candidates)
+    candidates = labels
+    longest = max(len(tokenizer(template.continuation(c), add_special_tokens=False)["input_ids"]) for c in scored)
     p = _prepare(model, tokenizer, question, hits, template, mode, temperature, k, demonstrations, choices, reserve=longest)
-    scores = _score_matrix(model, tokenizer, p.prompts, candidates, template, scoring, dtype, naive=False)
+    scores = _score_matrix(model, tokenizer, p.prompts, scored, template, scoring, dtype, naive=False)
     mixed, best = _mix(scores, p.log_weights)
     chunk_answers = [candidates[int(row.argmax())] for row in scores]
     return Prediction(question, candidates[best], candidates, mixed, chunk_answers, p.log_weights.exp().tolist(),
                       p.passage_ids, scores.tolist(), mode, scoring, p.truncated)
 
 
-def _token_level_generate(model, tokenizer, prompts, log_weights, max_new_tokens, dtype) -> str:
-    """REPLUG token-level ensemble: the k prompts left-padded in one batch on a KV cache; each step
-    mixes their next-token distributions with p_R and feeds the argmax token to every row.
+def _token_level_generate(model, tokenizer, pre: Prefill, log_weights, max_new_tokens, dtype) -> str:
+    """REPLUG token-level ensemble on the prefilled prompts: each step mixes the k next-token
+    distributions with p_R and feeds the argmax token to every row.
 
-    Stops at the eos token or at the end of the first answer line (as `greedy_generate` does with
-    `stop_at_answer_end`). Prompts longer than the context are not cut here; `_prepare` fits them.
+    Stops at an eos token or at the end of the first answer line (as `greedy_generate` does with
+    `stop_at_answer_end`).
     """
-    device = next(model.parameters()).device
-    ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-    width = max(len(x) for x in ids)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    n = len(ids)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for i, x in enumerate(ids):
-        input_ids[i, width - len(x) :] = torch.tensor(x)
-        mask[i, width - len(x) :] = 1
-    # Left padding: positions count real tokens only, so each row sees the positions it has alone.
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    device = model_device(model)
+    n = len(pre.ids)
+    cache = select_rows(pre.cache, torch.arange(n))
+    mask, positions = pre.attention_mask, pre.lengths[:, None].clone()
     log_w = log_weights.to(torch.float32).to(device)
-    keep = {"logits_to_keep": 1} if _logits_to_keep_supported(model) else {}
+    next_lp = pre.next_logprobs  # [k, V]
+    stop = eos_ids(model, tokenizer)
+    keep = {"logits_to_keep": 1} if logits_to_keep_supported(model) else {}
     generated: list[int] = []
     with torch.inference_mode(), autocast(device, dtype):
-        out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                    position_ids=positions.to(device), use_cache=True, **keep)
-        for _ in range(max_new_tokens):
-            next_lp = out.logits[:, -1].float().log_softmax(-1)  # [k, V]
-            token = int(token_mixture(next_lp, log_w).argmax())
-            if token == tokenizer.eos_token_id:
+        for step in range(max_new_tokens):
+            mixture = token_mixture(next_lp, log_w)
+            if step == 0 and stop:  # as greedy_generate's min_new_tokens=1: never an empty answer
+                mixture[sorted(stop)] = float("-inf")
+            token = int(mixture.argmax())
+            if token in stop:
                 break
             generated.append(token)
-            text = tokenizer.decode(generated, skip_special_tokens=True)
-            if "\n" in text and extract_answer(text[: text.rfind("\n")]):
+            if answer_complete(tokenizer.decode(generated, skip_special_tokens=True)) or step == max_new_tokens - 1:
                 break
-            mask = torch.cat([mask, torch.ones((n, 1), dtype=torch.long)], dim=1)
-            positions = positions[:, -1:] + 1
+            mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=mask.device)], dim=1)
             out = model(input_ids=torch.full((n, 1), token, dtype=torch.long, device=device),
-                        attention_mask=mask.to(device), position_ids=positions.to(device),
-                        cache=out.cache, use_cache=True, **keep)
+                        attention_mask=mask, position_ids=positions.to(device), cache=cache, use_cache=True, **keep)
+            positions += 1
+            next_lp = out.logits[:, -1].float().log_softmax(-1)
     return tokenizer.decode(generated, skip_special_tokens=True)
 
 

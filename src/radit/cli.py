@@ -18,10 +18,12 @@ from typing import Any
 from radit.config import (
     AskConfig,
     CorpusConfig,
+    EvalConfig,
     EvalRetrievalConfig,
     IndexConfig,
     ModelsConfig,
     QuickstartConfig,
+    ReportConfig,
     SearchConfig,
     add_arguments,
     build_config,
@@ -82,6 +84,29 @@ def cmd_eval_retrieval(cfg: EvalRetrievalConfig) -> int:
     for name, value in report["metrics"].items():
         print(f"  {name:<16} {value:7.2f}")
     print(f"-> {Path(cfg.output) / 'metrics.json'}")
+    return 0
+
+
+def cmd_eval(cfg: EvalConfig) -> int:
+    from radit.eval.harness import resolve_output, run_eval
+
+    report = run_eval(cfg)
+    scores = ", ".join(f"{name} {value:.2f}" for name, value in report["metrics"].items())
+    where = "closed-book" if cfg.mode == "closed-book" else f"{cfg.mode} k={cfg.k}"
+    print(f"{report['task']} ({where}, {cfg.shots}-shot, {report['template']}, {cfg.scoring}): {scores} over {report['n']} questions")
+    if report.get("truncated_prompts"):
+        print(f"  {report['truncated_prompts']} prompts had their Background shortened to fit the model's context "
+              f"({report['questions_with_truncation']} questions)")
+    print(f"-> {resolve_output(cfg)}/{{predictions.jsonl,metrics.json}}")
+    return 0
+
+
+def cmd_report(cfg: ReportConfig) -> int:
+    from radit.eval.report import run_report
+
+    md = run_report(cfg)
+    print(md.read_text(encoding="utf-8"), end="")
+    print(f"-> {md} and {md.with_suffix('.png')}")
     return 0
 
 
@@ -168,6 +193,8 @@ COMMANDS: dict[str, Command] = {
     "search": Command(cmd_search, SearchConfig, "top-k passages for questions", positional="query"),
     "eval-retrieval": Command(cmd_eval_retrieval, EvalRetrievalConfig, "answer-hit@k, recall@k, MRR of an index"),
     "ask": Command(cmd_ask, AskConfig, "answer questions with the LM and top-k retrieved chunks (Eq. 2)", positional="query"),
+    "eval": Command(cmd_eval, EvalConfig, "score the retrieval-augmented LM on a task: predictions, EM/F1 or accuracy"),
+    "report": Command(cmd_report, ReportConfig, "compare finished eval runs: markdown table and bar chart"),
     "models": Command(cmd_models, ModelsConfig, "list packaged models / resolve model specs", positional="spec"),
 }
 

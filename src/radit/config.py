@@ -11,6 +11,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -265,6 +266,99 @@ class AskConfig:
             raise ValueError(f"--shots must be >= 0, got {self.shots}")
         if self.temperature is not None and not self.temperature > 0:
             raise ValueError(f"--temperature must be > 0, got {self.temperature}")
+
+
+EVAL_MODES = ("replug", "top1", "concat", "closed-book")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """`radit eval`: answer a task's questions with the retrieval-augmented LM and score the answers."""
+
+    task: str = "squad-open"
+    """squad-open, nq-open, triviaqa, hotpotqa, mmlu, fever, or qa-file:PATH (any question file that
+    `radit eval-retrieval --questions` reads)."""
+    model: str = "smollm2-135m-instruct"
+    """The LM: a folder, a packaged model name or a hub name."""
+    index: str | None = None
+    """Index directory written by `radit index`; needed unless --mode closed-book."""
+    query_encoder: str | None = None
+    """A fine-tuned query encoder folder to search the index with (dense indexes only)."""
+    mode: Literal["replug", "top1", "concat", "closed-book"] = "replug"
+    """replug: the parallel ensemble of Eq. 2 over the top-k chunks; concat: all k chunks in one
+    Background; top1: the best chunk only; closed-book: no retrieval."""
+    k: int = 10
+    """Chunks retrieved per question (the paper: 10 at inference)."""
+    shots: int = 0
+    """In-context demonstrations (the paper: 0 and 5), drawn from a split that is not evaluated."""
+    demos: str | None = None
+    """A question file of demonstrations: required for qa-file tasks with --shots > 0, and replaces
+    the demonstration pool of the other open-QA tasks."""
+    scoring: Literal["nll", "nll_token", "nll_char", "nll_comp"] = "nll"
+    """How an answer is scored under a chunk before mixing (App. B)."""
+    temperature: float | None = None
+    """p_R temperature: softmax(s/T) over the top-k. Default: the index's encoder temperature (its
+    manifest), 1.0 for a BM25 index."""
+    template: str | None = None
+    """Prompt template (radit.prompts.TEMPLATES); default: the task's own (qa, mmlu, fever)."""
+    limit: int | None = None
+    """Evaluate only the first N questions (raising it later resumes the same run)."""
+    sample: int | None = None
+    """Evaluate N questions drawn at random (seed 0, kept in file order) instead of the first N: a
+    fair subset of a task sorted by subject, such as MMLU. Not with --limit."""
+    output: str = "runs/eval/{task}-{mode}-k{k}-{shots}shot"
+    """Run directory; {task}, {mode}, {k}, {shots} are filled in."""
+    data_dir: str | None = None
+    """Folder of the public evaluation sets (nq_open/, triviaqa/, hotpotqa/, mmlu/, fever/);
+    default $RADIT_DATA, else ../shared/data."""
+    device: str = "auto"
+    """Torch device for the LM and the query encoder."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """LM compute dtype."""
+    max_new_tokens: int = 32
+    """Longest generated answer (open-QA tasks)."""
+    search_batch_size: int = 128
+    """Questions per retrieval call."""
+    overwrite: bool = False
+    """Delete the predictions in --output and start over (needed when it holds a run with other settings)."""
+
+    def __post_init__(self) -> None:
+        for name in ("k", "max_new_tokens", "search_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.shots < 0:
+            raise ValueError(f"--shots must be >= 0, got {self.shots}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1 (or unset for all questions), got {self.limit}")
+        if self.sample is not None and self.sample < 1:
+            raise ValueError(f"--sample must be >= 1 (or unset for all questions), got {self.sample}")
+        if self.sample is not None and self.limit is not None:
+            raise ValueError("--sample and --limit both choose the questions; give one of them")
+        if self.temperature is not None and not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"--temperature must be a finite number > 0, got {self.temperature}")
+        if self.mode not in EVAL_MODES:
+            raise ValueError(f"--mode {self.mode!r} is unknown; valid: {', '.join(EVAL_MODES)}")
+        if self.mode != "closed-book" and not self.index:
+            raise ValueError(f"--index is needed for --mode {self.mode}; build one with `radit index`, "
+                             "or evaluate without retrieval with --mode closed-book")
+        if self.mode == "closed-book" and self.query_encoder:
+            raise ValueError("--query-encoder needs retrieval; it does not apply to --mode closed-book")
+
+
+
+@dataclasses.dataclass
+class ReportConfig:
+    """`radit report`: compare finished `radit eval` runs in one table and one chart."""
+
+    runs: list[str] = dataclasses.field(default_factory=list)
+    """Run directories written by `radit eval` (each holds metrics.json)."""
+    output: str = "runs/eval/report"
+    """Directory for comparison.md and comparison.png."""
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise ValueError("--runs: give at least one `radit eval` run directory")
+
 
 
 # --------------------------------------------------------------------------------------------------

@@ -196,6 +196,10 @@ TEMPLATES: dict[str, PromptTemplate] = {
             name="mmlu", version=1, question="Question: {question}{choices}\nAnswer:",
             choices="\nA. {A}\nB. {B}\nC. {C}\nD. {D}", answer_options=("A", "B", "C", "D"),
         ),
+        # MMLU as cloze: the options are not listed and each option's text is scored as the answer
+        # (answer_choice returns its letter). Not the paper's format (the letters, above); small models
+        # score letters near chance with a strong bias to one letter, and are usually evaluated this way.
+        PromptTemplate(name="mmlu-cloze", version=1, question="Question: {question}\nAnswer:"),
         # Table 12, FEVER. The answer words are not legible in the paper's text copy; "true"/"false"
         # answer the template's own question and are our choice (KILT labels SUPPORTS -> true, REFUTES -> false).
         PromptTemplate(

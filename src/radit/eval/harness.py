@@ -20,90 +20,22 @@ import dataclasses
 import json
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from radit.artifacts import atomic_write_json
-from radit.config import load_yaml, save_yaml, to_dict
+from radit.config import EVAL_MODES as MODES
+from radit.config import EvalConfig, load_yaml, save_yaml, to_dict
 from radit.eval.metrics import exact_match, f1_score
 from radit.eval.tasks import Example, Task, get_task, task_slug
 from radit.prompts import PromptTemplate, get_template
 
 log = logging.getLogger(__name__)
-
-MODES = ("replug", "concat", "closed-book", "top1")
-
-
-@dataclasses.dataclass
-class EvalConfig:
-    """`radit eval`: answer a task's questions with the retrieval-augmented LM and score the answers."""
-
-    task: str = "squad-open"
-    """squad-open, nq-open, triviaqa, hotpotqa, mmlu, fever, or qa-file:PATH (any question file that
-    `radit eval-retrieval --questions` reads)."""
-    model: str = "smollm2-135m-instruct"
-    """The LM: a folder, a packaged model name or a hub name."""
-    index: str | None = None
-    """Index directory written by `radit index`; needed unless --mode closed-book."""
-    query_encoder: str | None = None
-    """A fine-tuned query encoder folder to search the index with (dense indexes only)."""
-    mode: Literal["replug", "concat", "closed-book", "top1"] = "replug"
-    """replug: the parallel ensemble of Eq. 2 over the top-k chunks; concat: all k chunks in one
-    Background; top1: the best chunk only; closed-book: no retrieval."""
-    k: int = 10
-    """Chunks retrieved per question (the paper: 10 at inference)."""
-    shots: int = 0
-    """In-context demonstrations (the paper: 0 and 5), drawn from a split that is not evaluated."""
-    demos: str | None = None
-    """A question file of demonstrations: required for qa-file tasks with --shots > 0, and replaces
-    the demonstration pool of the other open-QA tasks."""
-    scoring: Literal["nll", "nll_token", "nll_char", "nll_comp"] = "nll"
-    """How an answer is scored under a chunk before mixing (App. B)."""
-    temperature: float | None = None
-    """p_R temperature: softmax(s/T) over the top-k. Default: the index's encoder temperature (its
-    manifest), 1.0 for a BM25 index."""
-    template: str | None = None
-    """Prompt template (radit.prompts.TEMPLATES); default: the task's own (qa, mmlu, fever)."""
-    limit: int | None = None
-    """Evaluate only the first N questions (raising it later resumes the same run)."""
-    output: str = "runs/eval/{task}-{mode}-k{k}-{shots}shot"
-    """Run directory; {task}, {mode}, {k}, {shots} are filled in."""
-    data_dir: str | None = None
-    """Folder of the public evaluation sets (nq_open/, triviaqa/, hotpotqa/, mmlu/, fever/);
-    default $RADIT_DATA, else ../shared/data."""
-    device: str = "auto"
-    """Torch device for the LM and the query encoder."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """LM compute dtype."""
-    max_new_tokens: int = 32
-    """Longest generated answer (open-QA tasks)."""
-    search_batch_size: int = 128
-    """Questions per retrieval call."""
-    overwrite: bool = False
-    """Delete the predictions in --output and start over (needed when it holds a run with other settings)."""
-
-    def __post_init__(self) -> None:
-        for name in ("k", "max_new_tokens", "search_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.shots < 0:
-            raise ValueError(f"--shots must be >= 0, got {self.shots}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be >= 1 (or unset for all questions), got {self.limit}")
-        if self.temperature is not None and not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise ValueError(f"--temperature must be a finite number > 0, got {self.temperature}")
-        if self.mode not in MODES:
-            raise ValueError(f"--mode {self.mode!r} is unknown; valid: {', '.join(MODES)}")
-        if self.mode != "closed-book" and not self.index:
-            raise ValueError(f"--index is needed for --mode {self.mode}; build one with `radit index`, "
-                             "or evaluate without retrieval with --mode closed-book")
-        if self.mode == "closed-book" and self.query_encoder:
-            raise ValueError("--query-encoder needs retrieval; it does not apply to --mode closed-book")
-
 
 # Settings that may change between a run and its resumption: they do not change any prediction.
 RESUMABLE_FIELDS = frozenset({"limit", "device", "search_batch_size", "overwrite", "output"})
@@ -135,10 +67,14 @@ def resolve_template(cfg: EvalConfig, task: Task, first: Example | None) -> Prom
         template = get_template(cfg.template or task.template)
     except KeyError as e:
         raise ValueError(f"--template: {e.args[0]}") from None
-    if task.kind == "choice" and template.answer_options is None:
+    has_choices = first is not None and first.choices is not None
+    # A cloze template (no option list, no fixed answers) scores each option's text: choice tasks with options only.
+    cloze = task.kind == "choice" and has_choices and template.choices is None and template.answer_options is None
+    if task.kind == "choice" and template.answer_options is None and not cloze:
         raise ValueError(f"--template {template.name}: task {task.name} is multiple choice and needs a template "
                          f"with answer options (e.g. its default, {task.template})")
-    has_choices = first is not None and first.choices is not None
+    if cloze:
+        return template
     if (template.choices is not None) != has_choices or (has_choices and set(first.choices) != set(template.choice_keys)):
         raise ValueError(f"--template {template.name} does not fit task {task.name}'s questions "
                          f"(choices {sorted(first.choices) if has_choices else 'none'}); use {task.template}")
@@ -221,10 +157,15 @@ def summarize(task: Task, records: Sequence[dict[str, Any]]) -> tuple[dict[str, 
     return {"em": 100 * sum(r["em"] for r in records) / n, "f1": 100 * sum(r["f1"] for r in records) / n}, "em"
 
 
-def demonstration(example: Example) -> tuple:
-    """An Example as a `PromptTemplate.render` demonstration: (question, answer[, choices])."""
+def demonstration(example: Example, template: PromptTemplate) -> tuple:
+    """An Example as a `PromptTemplate.render` demonstration: (question, answer[, choices]); with a
+    cloze template (no option list) the answer is the correct option's text."""
     answer = example.label if example.label is not None else example.answers[0]
-    return (example.question, answer, example.choices) if example.choices is not None else (example.question, answer)
+    if example.choices is None:
+        return example.question, answer
+    if template.choices is None:
+        return example.question, example.choices[answer]
+    return example.question, answer, example.choices
 
 
 def _finite(xs: Sequence[float] | None) -> list[float | None]:
@@ -249,6 +190,9 @@ def run_eval(cfg: EvalConfig, answer_fns: AnswerFns | None = None, lm: tuple[Any
     task = get_task(cfg.task, data_dir=cfg.data_dir, demos=cfg.demos)
     out = resolve_output(cfg)
     examples = task.load(cfg.limit)
+    if cfg.sample is not None and cfg.sample < len(examples):
+        keep = set(random.Random(0).sample(range(len(examples)), cfg.sample))
+        examples = [ex for i, ex in enumerate(examples) if i in keep]
     template = resolve_template(cfg, task, examples[0] if examples else None)
     resolved = dataclasses.replace(cfg, output=str(out), template=template.name)
     if cfg.mode == "closed-book" and cfg.index:
@@ -285,7 +229,7 @@ def run_eval(cfg: EvalConfig, answer_fns: AnswerFns | None = None, lm: tuple[Any
             running = 0.0  # this session's score so far, for the progress bar
             for i, (example, hits) in enumerate(bar, 1):
                 t0 = time.time()
-                demos = [demonstration(d) for d in task.demonstrations(cfg.shots, example)]
+                demos = [demonstration(d, template) for d in task.demonstrations(cfg.shots, example)]
                 if task.kind == "generative":
                     pred = fns["generative"](model, tokenizer, example.question, hits, template,
                                              demonstrations=demos, max_new_tokens=cfg.max_new_tokens, **common)

@@ -8,26 +8,12 @@ given) and `comparison.png` (the primary metric of each run, EM or accuracy, gro
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from radit.artifacts import atomic_path, atomic_write_text
-
-
-@dataclasses.dataclass
-class ReportConfig:
-    """`radit report`: compare finished `radit eval` runs in one table and one chart."""
-
-    runs: list[str] = dataclasses.field(default_factory=list)
-    """Run directories written by `radit eval` (each holds metrics.json)."""
-    output: str = "runs/eval/report"
-    """Directory for comparison.md and comparison.png."""
-
-    def __post_init__(self) -> None:
-        if not self.runs:
-            raise ValueError("--runs: give at least one `radit eval` run directory")
+from radit.config import ReportConfig
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -39,7 +25,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 def run_label(m: dict[str, Any]) -> str:
     """How a run is named in the chart: mode, k (with retrieval) and shots."""
-    k = "" if m["mode"] == "closed-book" else f" k={m['k']}"
+    k = "" if m["mode"] in ("closed-book", "top1") else f" k={m['k']}"
     return f"{m['mode']}{k} {m['shots']}-shot"
 
 
@@ -51,7 +37,7 @@ def markdown_table(runs: list[dict[str, Any]]) -> str:
     lines = ["| task | mode | k | shots | n | EM | F1 / accuracy |", "|---|---|---|---|---|---|---|"]
     for m in runs:
         scores = m["metrics"]
-        k = "–" if m["mode"] == "closed-book" else str(m["k"])
+        k = {"closed-book": "–", "top1": "1"}.get(m["mode"], str(m["k"]))
         second = scores.get("f1", scores.get("accuracy"))
         lines.append(f"| {m['task']} | {m['mode']} | {k} | {m['shots']} | {m['n']} | {_fmt(scores.get('em'))} | {_fmt(second)} |")
     return "\n".join(lines) + "\n"

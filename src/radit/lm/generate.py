@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from radit.lm.scoring import _device, _max_length, _truncate_prompt
+from radit.lm.prefill import Prefill, context_length, logits_to_keep_supported, model_device, pad_id, select_rows, truncate_prompt
 from radit.runtime import autocast
 
 # A leading answer marker the model may repeat ("Answer: Paris", "A: Paris").
@@ -38,6 +38,12 @@ def extract_answer(text: str) -> str:
     return ""
 
 
+def answer_complete(text: str) -> bool:
+    """Whether generated `text` already holds the whole answer `extract_answer` keeps: a non-empty
+    answer line followed by a newline. Decoding can stop there without changing the answer."""
+    return "\n" in text and bool(extract_answer(text[: text.rfind("\n")]))
+
+
 class _StopAtAnswerEnd(StoppingCriteria):
     """Stops a row once its new text holds a complete answer line, i.e. what `extract_answer` keeps.
 
@@ -52,7 +58,7 @@ class _StopAtAnswerEnd(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
-        done = [("\n" in t) and bool(extract_answer(t[: t.rfind("\n")])) for t in texts]
+        done = [answer_complete(t) for t in texts]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -66,6 +72,7 @@ def greedy_generate(
     max_length: int | None = None,
     stats: dict | None = None,
     stop_at_answer_end: bool = False,
+    min_new_tokens: int = 1,
 ) -> list[str]:
     """Greedy continuations of `prompts`, batched with left padding; only the new text is returned.
 
@@ -83,6 +90,9 @@ def greedy_generate(
         stats: if given, `stats["truncated"]` is set to the number of prompts that were cut.
         stop_at_answer_end: stop a row as soon as it holds a complete first answer line (see
             `extract_answer`); the returned text then ends at that line's newline token.
+        min_new_tokens: the eos token is not chosen before this many new tokens. The default 1 keeps
+            a model from answering nothing at all: SmolLM2-135M-Instruct ends many plain
+            `Question: ...\nAnswer:` prompts at once (an empty answer, never right).
 
     Returns:
         The decoded new text of each prompt, special tokens removed.
@@ -96,19 +106,18 @@ def greedy_generate(
     if not prompts:
         return []
     ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-    limit = _max_length(model, max_length)
+    limit = context_length(model, max_length)
     truncated = 0
     for i, p in enumerate(ids):
         if not p:
             raise ValueError(f"prompt {prompts[i]!r} has no tokens (and the tokenizer adds no BOS); give a non-empty prompt")
         # The new tokens play the part of the continuation: the prompt's start makes room for them.
-        ids[i], cut = _truncate_prompt(list(p), max_new_tokens, limit, tokenizer.bos_token_id)
+        ids[i], cut = truncate_prompt(list(p), max_new_tokens, limit, tokenizer.bos_token_id)
         truncated += cut
     if stats is not None:
         stats["truncated"] = truncated
 
-    device = _device(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = model_device(model)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     outputs: list[str] = [""] * len(ids)
     saved_side = tokenizer.padding_side
@@ -129,9 +138,10 @@ def greedy_generate(
                     input_ids=input_ids,
                     attention_mask=batch["attention_mask"].to(device),
                     max_new_tokens=max_new_tokens,
+                    min_new_tokens=min_new_tokens,
                     do_sample=False,
                     num_beams=1,
-                    pad_token_id=pad_id,
+                    pad_token_id=pad_id(tokenizer),
                     **kwargs,
                 )
                 texts = tokenizer.batch_decode(out[:, input_ids.shape[1] :].cpu(), skip_special_tokens=True)
@@ -140,6 +150,73 @@ def greedy_generate(
     finally:
         tokenizer.padding_side = saved_side
     return outputs
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    """The token ids that end a generation: the model's generation config's, else the tokenizer's eos."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return set() if eos is None else {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
+def greedy_from_prefill(
+    model,
+    tokenizer,
+    pre: Prefill,
+    max_new_tokens: int = 32,
+    dtype: str = "float32",
+    stop_at_answer_end: bool = False,
+    min_new_tokens: int = 1,
+) -> list[str]:
+    """Greedy continuations of prefilled prompts: `greedy_generate` without reading the prompts again.
+
+    Decodes all rows of `pre` together on a copy of its cache (`pre` itself is left as it was, so
+    the same prompts can be scored afterwards). Stops a row at an eos token, after `max_new_tokens`
+    tokens, or (`stop_at_answer_end`) once it holds a complete first answer line; the outputs are
+    those of `greedy_generate` on the same prompts, up to float rounding. `pre` must leave room for
+    `max_new_tokens` (`prefill(reserve=max_new_tokens)`); `min_new_tokens` as for `greedy_generate`.
+
+    Returns:
+        The decoded new text of each prompt, special tokens removed.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    device = model_device(model)
+    n = len(pre.ids)
+    cache = select_rows(pre.cache, torch.arange(n))
+    mask = pre.attention_mask
+    positions = pre.lengths[:, None].clone()  # [P, 1] the position of each row's next token
+    next_logits = pre.next_logprobs
+    stop, pad = eos_ids(model, tokenizer), pad_id(tokenizer)
+    keep = {"logits_to_keep": 1} if logits_to_keep_supported(model) else {}
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    done = [False] * n
+    with torch.inference_mode(), autocast(device, dtype):
+        for step in range(max_new_tokens):
+            if step < min_new_tokens and stop:
+                next_logits = next_logits.clone()
+                next_logits[:, sorted(stop)] = float("-inf")
+            chosen = next_logits.argmax(-1).tolist()
+            for i, t in enumerate(chosen):
+                if done[i]:
+                    continue
+                if t in stop:
+                    done[i] = True
+                    continue
+                tokens[i].append(t)
+                if stop_at_answer_end and answer_complete(tokenizer.decode(tokens[i], skip_special_tokens=True)):
+                    done[i] = True
+            if all(done) or step == max_new_tokens - 1:
+                break
+            # Finished rows are fed padding; rows do not see each other, so it changes no other row.
+            feed = torch.tensor([[pad if done[i] else chosen[i]] for i in range(n)], device=device)
+            mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=mask.device)], dim=1)
+            out = model(input_ids=feed, attention_mask=mask, position_ids=positions.to(device),
+                        cache=cache, use_cache=True, **keep)
+            positions += 1
+            next_logits = out.logits[:, -1]
+    return [tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -15,64 +15,29 @@ continuation has a well-defined token count that does not depend on the prompt b
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 
 import torch
 
+from radit.lm.prefill import (
+    Prefill,
+    context_length,
+    encode_continuations,
+    encode_prompts,
+    logits_to_keep_supported,
+    model_device,
+    pad_id,
+    prefill,
+    select_rows,
+    truncate_prompt,
+)
 from radit.runtime import autocast
 
 COMP_PROMPT = "Answer:"
 """The context that `nll_comp` divides by: the caller scores each answer after just this prompt."""
 
 
-# --------------------------------------------------------------------------- tokenisation
-
-
-def _encode(tokenizer, prompts: Sequence[str], continuations: Sequence[str]) -> tuple[list[list[int]], list[list[int]]]:
-    if len(prompts) != len(continuations):
-        raise ValueError(f"got {len(prompts)} prompts but {len(continuations)} continuations; pass one per pair")
-    prompt_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-    cont_ids = tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
-    for prompt, ids in zip(prompts, prompt_ids):
-        if not ids:
-            # The first continuation token needs a context to be predicted from.
-            raise ValueError(f"prompt {prompt!r} has no tokens (and the tokenizer adds no BOS); give a non-empty prompt")
-    return [list(p) for p in prompt_ids], [list(c) for c in cont_ids]
-
-
-def _max_length(model, max_length: int | None) -> int | None:
-    return max_length if max_length is not None else getattr(model.config, "max_position_embeddings", None)
-
-
-def _truncate_prompt(prompt: list[int], n_cont: int, max_length: int | None, bos_id: int | None) -> tuple[list[int], bool]:
-    """Cut tokens from the start of the prompt so that prompt + continuation fit `max_length`.
-
-    The continuation is what is being scored, so it is kept whole; the start of the prompt (the far end
-    of a retrieved passage, in RA-DIT's `Background: ...` prompts) is the least relevant context. A
-    leading BOS is kept, as the model was trained to see it first.
-    """
-    if max_length is None or len(prompt) + n_cont <= max_length:
-        return prompt, False
-    head = prompt[:1] if bos_id is not None and prompt[0] == bos_id else []
-    budget = max_length - n_cont - len(head)
-    if budget < 1:
-        raise ValueError(
-            f"a continuation of {n_cont} tokens leaves no room for the prompt within max_length={max_length}; "
-            "raise max_length or shorten the continuation"
-        )
-    return head + prompt[-budget:], True
-
-
 # --------------------------------------------------------------------------- model calls
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _logits_to_keep_supported(model) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -120,18 +85,20 @@ def continuation_logprobs(
         if stats is not None:
             stats["truncated"] = 0
         return []
-    prompt_ids, cont_ids = _encode(tokenizer, prompts, continuations)
-    limit = _max_length(model, max_length)
+    if len(prompts) != len(continuations):
+        raise ValueError(f"got {len(prompts)} prompts but {len(continuations)} continuations; pass one per pair")
+    prompt_ids, cont_ids = encode_prompts(tokenizer, prompts), encode_continuations(tokenizer, continuations)
+    limit = context_length(model, max_length)
     truncated = 0
     for i, (p, c) in enumerate(zip(prompt_ids, cont_ids)):
-        prompt_ids[i], cut = _truncate_prompt(p, len(c), limit, tokenizer.bos_token_id)
+        prompt_ids[i], cut = truncate_prompt(p, len(c), limit, tokenizer.bos_token_id)
         truncated += cut
     if stats is not None:
         stats["truncated"] = truncated
 
-    device = _device(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    keep_logits = _logits_to_keep_supported(model)
+    device = model_device(model)
+    pad = pad_id(tokenizer)
+    keep_logits = logits_to_keep_supported(model)
     results: list[torch.Tensor] = [torch.empty(0)] * len(prompt_ids)
     # Longest first: a batch that does not fit in memory fails at once, not at the end of a long run.
     scored = [i for i in range(len(prompt_ids)) if cont_ids[i]]
@@ -143,7 +110,7 @@ def continuation_logprobs(
             p_lens = [len(prompt_ids[i]) for i in rows]
             c_lens = [len(cont_ids[i]) for i in rows]
             width = max(p + c for p, c in zip(p_lens, c_lens))
-            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
             attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
             for b, i in enumerate(rows):
                 ids = prompt_ids[i] + cont_ids[i]
@@ -180,6 +147,74 @@ def continuation_logprobs(
     return results
 
 
+def prefilled_logprobs(
+    model,
+    tokenizer,
+    pre: Prefill,
+    continuations: Sequence[str],
+    dtype: str = "float32",
+    max_rows: int = 64,
+) -> list[list[torch.Tensor]]:
+    """`continuation_logprobs` of every continuation after every prefilled prompt, reading no prompt again.
+
+    Each continuation's first token is scored by the prompt's stored next-token log-probs; the rest
+    run as one right-padded batch of (prompt, continuation) rows on copies of the prompts' KV cache.
+    The result equals `continuation_logprobs` on the same pairs up to float rounding.
+
+    Args:
+        model, tokenizer, dtype: as for `continuation_logprobs`.
+        pre: the prompts after `radit.lm.prefill.prefill` (with `reserve` >= the longest
+            continuation's tokens, so that none is cut).
+        continuations: the candidate answers, the same for every prompt.
+        max_rows: most (prompt, continuation) rows per forward; the cache copies of one forward
+            hold max_rows x the prompts' width tokens, so lower it for long prompts on a big model.
+
+    Returns:
+        [prompts][continuations] 1-D float32 CPU tensors of per-token log-probs.
+    """
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    cont_ids = encode_continuations(tokenizer, continuations)
+    n_prompts, n_cont = len(pre.ids), len(cont_ids)
+    first = pre.next_logprobs.cpu()  # [P, V]
+    results = [[first[p, c[:1]] for c in cont_ids] for p in range(n_prompts)]
+    width = max((len(c) for c in cont_ids), default=0) - 1
+    if width <= 0:
+        return results
+
+    # Feed each continuation but its last token: its position j predicts token j + 1.
+    input_ids = torch.full((n_cont, width), pad_id(tokenizer), dtype=torch.long)
+    cont_mask = torch.zeros((n_cont, width), dtype=torch.long)
+    targets = torch.zeros((n_cont, width), dtype=torch.long)
+    for j, c in enumerate(cont_ids):
+        if len(c) > 1:
+            input_ids[j, : len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
+            cont_mask[j, : len(c) - 1] = 1
+            targets[j, : len(c) - 1] = torch.tensor(c[1:], dtype=torch.long)
+    device = model_device(model)
+    per_forward = max(1, max_rows // n_cont)  # prompts per forward, each with all continuations
+    with torch.inference_mode(), autocast(device, dtype):
+        for start in range(0, n_prompts, per_forward):
+            rows = torch.arange(start, min(start + per_forward, n_prompts))
+            cache = select_rows(pre.cache, rows, repeats=n_cont)
+            prompt_mask = pre.attention_mask[rows.to(pre.attention_mask.device)].cpu().repeat_interleave(n_cont, 0)
+            mask = torch.cat([prompt_mask, cont_mask.repeat(len(rows), 1)], dim=1)  # [R*C, W + width]
+            positions = pre.lengths[rows.to(pre.attention_mask.device)].cpu().repeat_interleave(n_cont)[:, None] + torch.arange(width)
+            logits = model(
+                input_ids=input_ids.repeat(len(rows), 1).to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                cache=cache,
+                use_cache=True,
+            ).logits  # [R*C, width, V]
+            rest = _token_logprobs(logits, targets.repeat(len(rows), 1).to(device)).cpu()  # [R*C, width]
+            for r, p in enumerate(rows.tolist()):
+                for j, c in enumerate(cont_ids):
+                    if len(c) > 1:
+                        results[p][j] = torch.cat([results[p][j], rest[r * n_cont + j, : len(c) - 1]])
+    return results
+
+
 def shared_prompt_logprobs(
     model,
     tokenizer,
@@ -191,8 +226,8 @@ def shared_prompt_logprobs(
 ) -> list[torch.Tensor]:
     """`continuation_logprobs` for many continuations of one prompt, reading the prompt once.
 
-    One forward pass over the prompt fills a KV cache; the cache is repeated along the batch and all
-    continuations run in one right-padded batch on top of it. For long prompts (a retrieved passage
+    One forward pass over the prompt fills a KV cache (`prefill`); all continuations then run in one
+    right-padded batch on top of it (`prefilled_logprobs`). For long prompts (a retrieved passage
     plus a question) and several candidate answers this does the prompt's work once instead of once
     per answer. The result equals `continuation_logprobs` on the same pairs up to float rounding.
 
@@ -212,50 +247,11 @@ def shared_prompt_logprobs(
         if stats is not None:
             stats["truncated"] = 0
         return []
-    prompt_ids, cont_ids = _encode(tokenizer, [prompt] * len(continuations), continuations)
-    longest = max(len(c) for c in cont_ids)
-    ids, cut = _truncate_prompt(prompt_ids[0], longest, _max_length(model, max_length), tokenizer.bos_token_id)
+    longest = max(len(c) for c in encode_continuations(tokenizer, continuations))
+    pre = prefill(model, tokenizer, [prompt], reserve=longest, dtype=dtype, max_length=max_length)
     if stats is not None:
-        stats["truncated"] = len(continuations) if cut else 0
-
-    device = _device(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    n, n_prompt, width = len(cont_ids), len(ids), longest - 1
-    kwargs = {"logits_to_keep": 1} if _logits_to_keep_supported(model) else {}
-
-    with torch.inference_mode(), autocast(device, dtype):
-        out = model(input_ids=torch.tensor([ids], device=device), use_cache=True, **kwargs)
-        first_lp = out.logits[0, -1].float().log_softmax(-1).cpu()  # [V]: predicts every first token
-        if width > 0:
-            # Feed each continuation but its last token: position j predicts token j + 1.
-            cache = out.cache
-            cache.batch_repeat_interleave(n)
-            input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((n, n_prompt + width), dtype=torch.long)
-            attention_mask[:, :n_prompt] = 1
-            targets = torch.zeros((n, width), dtype=torch.long)
-            for j, c in enumerate(cont_ids):
-                input_ids[j, : len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
-                attention_mask[j, n_prompt : n_prompt + len(c) - 1] = 1
-                targets[j, : len(c) - 1] = torch.tensor(c[1:], dtype=torch.long)
-            position_ids = (n_prompt + torch.arange(width)).expand(n, width)
-            logits = model(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                position_ids=position_ids.to(device),
-                cache=cache,
-                use_cache=True,
-            ).logits  # [n, width, V]
-            rest = _token_logprobs(logits, targets.to(device)).cpu()  # [n, width]
-
-    results = []
-    for j, c in enumerate(cont_ids):
-        if not c:
-            results.append(torch.empty(0))
-            continue
-        head = first_lp[c[0]].reshape(1)
-        results.append(torch.cat([head, rest[j, : len(c) - 1]]) if len(c) > 1 else head)
-    return results
+        stats["truncated"] = len(continuations) if pre.truncated else 0
+    return prefilled_logprobs(model, tokenizer, pre, continuations, dtype=dtype, max_rows=max(64, len(continuations)))[0]
 
 
 # --------------------------------------------------------------------------- scores (pure)
