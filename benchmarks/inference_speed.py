@@ -1,6 +1,6 @@
 """Retrieval-augmented answering (Eq. 2, generation): radit's batched path vs the naive loop, same questions.
 
-    python benchmarks/inference_speed.py --index runs/quickstart/index [--questions 20] [--k 10] [--dtype float32]
+    python benchmarks/inference_speed.py --index runs/quickstart/index [--questions 10] [--k 10] [--shots 0]
 
 Both answer the same SQuAD-open test questions with SmolLM2-135M-Instruct and the top-k chunks:
 
@@ -25,7 +25,8 @@ from common import save
 from radit.augment import answer_generative, answer_naive
 from radit.config import EvalConfig
 from radit.data.qa import load_questions
-from radit.eval.harness import resolve_temperature
+from radit.eval.harness import demonstration, resolve_temperature
+from radit.eval.tasks import get_task
 from radit.lm.model import load_lm
 from radit.prompts import get_template
 from radit.retriever.search import load_searcher, search_batched
@@ -35,7 +36,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--index", default="runs/quickstart/index")
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--questions", type=int, default=20)
+    ap.add_argument("--questions", type=int, default=10)
+    ap.add_argument("--shots", type=int, default=0, help="demonstrations from the bundled SQuAD-open train split")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--scoring", default="nll")
     ap.add_argument("--max-new-tokens", type=int, default=32)
@@ -49,7 +51,9 @@ def main() -> None:
     temperature, _ = resolve_temperature(EvalConfig(index=args.index, k=args.k))
     model, tokenizer = load_lm(args.model, device=args.device, dtype=args.dtype)
     template = get_template("qa")
-    kwargs = dict(mode="replug", temperature=temperature, scoring=args.scoring, k=args.k,
+    task = get_task("squad-open")
+    demos = [demonstration(d, template) for d in task.demonstrations(args.shots)]
+    kwargs = dict(mode="replug", temperature=temperature, scoring=args.scoring, k=args.k, demonstrations=demos,
                   max_new_tokens=args.max_new_tokens, dtype=args.dtype)
 
     def run(fn) -> tuple[list, list[float]]:
@@ -71,7 +75,7 @@ def main() -> None:
     ratio = sum(naive_t) / sum(fast_t)
     n = len(fast)
     results = {
-        "model": args.model, "index": args.index, "k": args.k, "scoring": args.scoring, "dtype": args.dtype,
+        "model": args.model, "index": args.index, "k": args.k, "shots": args.shots, "scoring": args.scoring, "dtype": args.dtype,
         "questions": n,
         "naive_s_per_question": round(sum(naive_t) / n, 3),
         "batched_s_per_question": round(sum(fast_t) / n, 3),
@@ -83,10 +87,10 @@ def main() -> None:
         "identical_candidates": same_candidates,
         "max_abs_mixed_diff": max_diff,
     }
-    print(f"{n} questions, k={args.k}, {args.dtype}: naive {results['naive_s_per_question']:.2f} s/q, "
+    print(f"{n} questions, k={args.k}, {args.shots}-shot, {args.dtype}: naive {results['naive_s_per_question']:.2f} s/q, "
           f"batched {results['batched_s_per_question']:.2f} s/q -> {ratio:.2f}x; "
           f"identical answers {same_answer}/{n}, candidates {same_candidates}/{n}, max |mixed diff| {max_diff:.2e}")
-    save(f"inference_speed-k{args.k}-{args.dtype}", results)
+    save(f"inference_speed-k{args.k}-{args.shots}shot-{args.dtype}", results)
 
 
 if __name__ == "__main__":

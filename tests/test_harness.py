@@ -314,7 +314,14 @@ def test_eval_limit_and_settings_mismatch(tmp_path, questions_file, bm25_index):
     assert run_eval(cfg, FakeAnswers().fns, lm=(None, None))["n"] == 2
     fake = FakeAnswers()
     assert run_eval(dataclasses.replace(cfg, limit=None), fake.fns, lm=(None, None))["n"] == 5  # raising --limit resumes
-    assert len(fake.calls) == 3
+    assert len(fake.calls) == 3 and fake.calls[0]["token_level"] is False
+    # A run written before a setting existed resumes: the missing setting counts as its default.
+    import yaml
+
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    del saved["token_level"]
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert run_eval(dataclasses.replace(cfg, limit=None), FakeAnswers().fns, lm=(None, None))["resumed"] == 5
     changed = eval_cfg(tmp_path, questions_file, bm25_index, scoring="nll_char")
     with pytest.raises(ValueError, match=r"scoring: 'nll' -> 'nll_char'.*--overwrite"):
         run_eval(changed, FakeAnswers().fns, lm=(None, None))

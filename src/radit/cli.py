@@ -170,7 +170,8 @@ def cmd_ask(cfg: AskConfig) -> int:
         if template.answer_options is not None:
             pred = answer_choice(model, tokenizer, query, None, hits, template, **common)
         else:
-            pred = answer_generative(model, tokenizer, query, hits, template, max_new_tokens=cfg.max_new_tokens, **common)
+            pred = answer_generative(model, tokenizer, query, hits, template, max_new_tokens=cfg.max_new_tokens,
+                                     token_level=cfg.token_level, **common)
         if i:
             print()
         print(format_prediction(pred, hits))

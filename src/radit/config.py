@@ -247,6 +247,9 @@ class AskConfig:
     (0.05 for MiniLM, 1 for DRAGON+), 1 for BM25."""
     max_new_tokens: int = 32
     """Greedy decoding budget per prompt."""
+    token_level: bool = False
+    """REPLUG's token-level ensemble instead of the paper's: mix the k next-token distributions with
+    p_R at every decoding step (one answer), rather than decode per chunk and rescore the candidates."""
     query_encoder: str | None = None
     """A fine-tuned query encoder folder to search with instead of the index's own (dense only)."""
     device: str = "auto"
@@ -317,6 +320,9 @@ class EvalConfig:
     """LM compute dtype."""
     max_new_tokens: int = 32
     """Longest generated answer (open-QA tasks)."""
+    token_level: bool = False
+    """Open QA: REPLUG's token-level ensemble (mix the k next-token distributions with p_R at every
+    step) instead of the paper's decode-per-chunk-and-rescore."""
     search_batch_size: int = 128
     """Questions per retrieval call."""
     overwrite: bool = False

@@ -110,8 +110,10 @@ def check_resumable(out: Path, cfg: EvalConfig) -> None:
                              "pass --overwrite to start over, or choose another --output")
         return
     saved, current = load_yaml(saved_path), to_dict(cfg)
-    diff = [f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in sorted(set(saved) | set(current))
-            if key not in RESUMABLE_FIELDS and saved.get(key) != current.get(key)]
+    # A setting added to radit after the run was written counts as its default there.
+    defaults = to_dict(EvalConfig(task=cfg.task, index=cfg.index, mode=cfg.mode))
+    diff = [f"{key}: {saved.get(key, defaults.get(key))!r} -> {current.get(key)!r}" for key in sorted(set(saved) | set(current))
+            if key not in RESUMABLE_FIELDS and saved.get(key, defaults.get(key)) != current.get(key)]
     if diff:
         raise ValueError(f"{out}: holds a run with other settings ({'; '.join(diff)}); pass --overwrite to start over, "
                          "or choose another --output")
@@ -232,7 +234,8 @@ def run_eval(cfg: EvalConfig, answer_fns: AnswerFns | None = None, lm: tuple[Any
                 demos = [demonstration(d, template) for d in task.demonstrations(cfg.shots, example)]
                 if task.kind == "generative":
                     pred = fns["generative"](model, tokenizer, example.question, hits, template,
-                                             demonstrations=demos, max_new_tokens=cfg.max_new_tokens, **common)
+                                             demonstrations=demos, max_new_tokens=cfg.max_new_tokens,
+                                             token_level=cfg.token_level, **common)
                 else:
                     pred = fns["choice"](model, tokenizer, example.question, example.choices, hits, template,
                                          demonstrations=demos, **common)
