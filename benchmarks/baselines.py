@@ -46,16 +46,20 @@ def main() -> None:
     lm = load_lm(args.model, device=args.device)
     configs = []
     if args.mmlu_sample:
-        configs.append(("mmlu-closed-book-0shot", EvalConfig(task="mmlu", mode="closed-book", sample=args.mmlu_sample)))
+        # The paper's letter format, and cloze (each option's text scored; what small models are measured with).
+        mmlu = dict(task="mmlu", mode="closed-book", sample=args.mmlu_sample)
+        configs.append(("mmlu-closed-book-0shot", EvalConfig(**mmlu)))
+        configs.append(("mmlu-cloze-closed-book-0shot", EvalConfig(**mmlu, template="mmlu-cloze")))
+        configs.append(("mmlu-cloze-nll_char-closed-book-0shot", EvalConfig(**mmlu, template="mmlu-cloze", scoring="nll_char")))
     for mode, k, shots in SQUAD_RUNS:
         if shots not in args.shots:
             continue
         name = f"squad-open-{mode}" + ("" if mode in ("closed-book", "top1") else f"-k{k}") + f"-{shots}shot"
         configs.append((name, EvalConfig(task="squad-open", index=None if mode == "closed-book" else args.index,
-                                         mode=mode, k=max(k, 1), shots=shots, limit=args.limit)))
+                                         mode=mode, k=max(k, 1), shots=shots, limit=args.limit, scoring=args.scoring)))
     rows, dirs = [], []
     for name, cfg in configs:
-        cfg.model, cfg.scoring, cfg.device, cfg.output = args.model, args.scoring, args.device, f"{args.out}/{name}"
+        cfg.model, cfg.device, cfg.output = args.model, args.device, f"{args.out}/{name}"
         t = time.time()
         report = run_eval(cfg, lm=lm)
         print(f"{name}: {json.dumps(report['metrics'])} n={report['n']} ({time.time() - t:.0f} s)", flush=True)
@@ -76,6 +80,8 @@ def eval_command(cfg: EvalConfig) -> str:
         parts.append(f"--index {cfg.index} --k {cfg.k}")
     parts.append(f"--shots {cfg.shots}")
     parts.append(f"--sample {cfg.sample}" if cfg.sample else f"--limit {cfg.limit}")
+    if cfg.template:
+        parts.append(f"--template {cfg.template}")
     if cfg.scoring != "nll":
         parts.append(f"--scoring {cfg.scoring}")
     return " ".join(parts)

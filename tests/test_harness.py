@@ -477,7 +477,7 @@ def test_radit_eval_and_report_commands(tmp_path, questions_file, bm25_index, ti
         runs.append(str(out))
     assert main(["report", "--runs", *runs, "--output", str(tmp_path / "report"), "-q"]) == 0
     table = capsys.readouterr().out
-    assert "| replug | 2 | 0 | 2 |" in table and "| closed-book | – | 0 | 2 |" in table
+    assert "| nll | replug | 2 | 0 | 2 |" in table and "| nll | closed-book | – | 0 | 2 |" in table
     assert (tmp_path / "report" / "comparison.png").is_file()
     # Bad input: a clear message and exit code 2, nothing written.
     assert main(["eval", "--task", "nope", "--mode", "closed-book", "--output", str(tmp_path / "bad"), "-q"]) == 2
@@ -504,10 +504,10 @@ def test_report_writes_table_and_chart(tmp_path, questions_file, bm25_index, dat
     md = make_report([Path(r) for r in cfg.runs], Path(cfg.output))
     lines = md.read_text().splitlines()
     task = f"qa-file:{questions_file}"
-    assert lines[0] == "| task | mode | k | shots | n | EM | F1 / accuracy |"
-    assert lines[2] == f"| {task} | replug | 3 | 0 | 5 | {EM:.1f} | {F1:.1f} |"
-    assert lines[3] == f"| {task} | closed-book | – | 0 | 5 | {EM:.1f} | {F1:.1f} |"
-    assert lines[4] == f"| fever | closed-book | – | 0 | 6 | – | {fever['metrics']['accuracy']:.1f} |"
+    assert lines[0] == "| task | template | scoring | mode | k | shots | n | EM | F1 / accuracy |"
+    assert lines[2] == f"| {task} | qa v1 | nll | replug | 3 | 0 | 5 | {EM:.1f} | {F1:.1f} |"
+    assert lines[3] == f"| {task} | qa v1 | nll | closed-book | – | 0 | 5 | {EM:.1f} | {F1:.1f} |"
+    assert lines[4] == f"| fever | fever v1 | nll | closed-book | – | 0 | 6 | – | {fever['metrics']['accuracy']:.1f} |"
     assert qa["metrics"] == closed["metrics"]
     png = tmp_path / "report" / "comparison.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
@@ -515,3 +515,16 @@ def test_report_writes_table_and_chart(tmp_path, questions_file, bm25_index, dat
         make_report([tmp_path / "missing"], tmp_path / "report")
     with pytest.raises(ValueError, match="--runs"):
         ReportConfig(runs=[])
+
+
+def test_chart_labels_name_what_differs():
+    from radit.eval.report import _varying, run_label
+
+    base = {"task": "mmlu", "mode": "closed-book", "k": 10, "shots": 0, "template": "mmlu v1", "scoring": "nll"}
+    runs = [base, {**base, "template": "mmlu-cloze v1"}, {**base, "template": "mmlu-cloze v1", "scoring": "nll_char"}]
+    extra = _varying(runs)
+    assert extra == ("template", "scoring")
+    assert [run_label(m, extra) for m in runs] == ["closed-book 0-shot mmlu nll", "closed-book 0-shot mmlu-cloze nll",
+                                                   "closed-book 0-shot mmlu-cloze nll_char"]
+    assert run_label({**base, "mode": "replug", "k": 5}) == "replug k=5 0-shot"
+    assert _varying([base, {**base, "task": "fever", "template": "fever v1"}]) == ()  # differs across tasks only

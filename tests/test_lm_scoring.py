@@ -69,7 +69,7 @@ def test_shared_prompt_equals_separate_pairs(tiny_lm):
         torch.testing.assert_close(s, p, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("max_rows", [64, 7, 1])
+@pytest.mark.parametrize("max_rows", [64, 9, 7, 1])
 def test_prefilled_equals_separate_pairs(tiny_lm, max_rows):
     """Many prompts of different lengths (left padding) x many continuations on one prefill; max_rows
     that do not divide the rows evenly split the work into several forwards."""

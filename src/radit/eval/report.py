@@ -2,8 +2,8 @@
 
     radit report --runs runs/eval/nq-open-closed-book-k10-0shot runs/eval/nq-open-replug-k10-0shot --output runs/eval/report
 
-Writes `comparison.md` (task, mode, k, shots, n, EM, F1 or accuracy; one row per run, in the order
-given) and `comparison.png` (the primary metric of each run, EM or accuracy, grouped by task).
+Writes `comparison.md` (task, template, scoring, mode, k, shots, n, EM, F1 or accuracy; one row per
+run, in the order given) and `comparison.png` (the primary metric of each run, EM or accuracy, grouped by task).
 """
 
 from __future__ import annotations
@@ -23,10 +23,22 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def run_label(m: dict[str, Any]) -> str:
-    """How a run is named in the chart: mode, k (with retrieval) and shots."""
+def run_label(m: dict[str, Any], extra: tuple[str, ...] = ()) -> str:
+    """How a run is named in the chart: mode, k (with several chunks), shots, then the `extra` fields
+    (e.g. template, scoring) when they tell runs apart."""
     k = "" if m["mode"] in ("closed-book", "top1") else f" k={m['k']}"
-    return f"{m['mode']}{k} {m['shots']}-shot"
+    return " ".join([f"{m['mode']}{k} {m['shots']}-shot", *(str(m.get(key, "")).split(" v")[0] for key in extra)])
+
+
+def _varying(runs: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The settings beside mode/k/shots that differ between runs of one task."""
+    keys = []
+    for key in ("template", "scoring"):
+        for task in {m["task"] for m in runs}:
+            if len({m.get(key) for m in runs if m["task"] == task}) > 1:
+                keys.append(key)
+                break
+    return tuple(keys)
 
 
 def _fmt(value: float | None) -> str:
@@ -34,12 +46,13 @@ def _fmt(value: float | None) -> str:
 
 
 def markdown_table(runs: list[dict[str, Any]]) -> str:
-    lines = ["| task | mode | k | shots | n | EM | F1 / accuracy |", "|---|---|---|---|---|---|---|"]
+    lines = ["| task | template | scoring | mode | k | shots | n | EM | F1 / accuracy |", "|---|---|---|---|---|---|---|---|---|"]
     for m in runs:
         scores = m["metrics"]
         k = {"closed-book": "–", "top1": "1"}.get(m["mode"], str(m["k"]))
         second = scores.get("f1", scores.get("accuracy"))
-        lines.append(f"| {m['task']} | {m['mode']} | {k} | {m['shots']} | {m['n']} | {_fmt(scores.get('em'))} | {_fmt(second)} |")
+        lines.append(f"| {m['task']} | {m.get('template', '')} | {m.get('scoring', '')} | {m['mode']} | {k} | {m['shots']} "
+                     f"| {m['n']} | {_fmt(scores.get('em'))} | {_fmt(second)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -48,8 +61,9 @@ def bar_chart(runs: list[dict[str, Any]], path: Path) -> None:
     from matplotlib.figure import Figure
 
     tasks = list(dict.fromkeys(m["task"] for m in runs))
-    labels = list(dict.fromkeys(run_label(m) for m in runs))
-    value = {(m["task"], run_label(m)): m["metrics"][m["primary_metric"]] for m in runs}
+    extra = _varying(runs)
+    labels = list(dict.fromkeys(run_label(m, extra) for m in runs))
+    value = {(m["task"], run_label(m, extra)): m["metrics"][m["primary_metric"]] for m in runs}
     width = 0.8 / len(labels)
     fig = Figure(figsize=(4 + 0.4 * len(tasks) * len(labels), 3.5), layout="constrained")
     ax = fig.add_subplot()

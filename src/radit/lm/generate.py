@@ -188,32 +188,35 @@ def greedy_from_prefill(
     mask = pre.attention_mask
     positions = pre.lengths[:, None].clone()  # [P, 1] the position of each row's next token
     next_logits = pre.next_logprobs
-    stop, pad = eos_ids(model, tokenizer), pad_id(tokenizer)
-    keep = {"logits_to_keep": 1} if logits_to_keep_supported(model) else {}
+    stop = eos_ids(model, tokenizer)
+    keep_logits = {"logits_to_keep": 1} if logits_to_keep_supported(model) else {}
     tokens: list[list[int]] = [[] for _ in range(n)]
-    done = [False] * n
+    active = list(range(n))  # the rows still decoding, in the order of the cache's batch
     with torch.inference_mode(), autocast(device, dtype):
         for step in range(max_new_tokens):
             if step < min_new_tokens and stop:
                 next_logits = next_logits.clone()
                 next_logits[:, sorted(stop)] = float("-inf")
             chosen = next_logits.argmax(-1).tolist()
-            for i, t in enumerate(chosen):
-                if done[i]:
-                    continue
+            keep = []  # positions in `active` of the rows that go on
+            for r, (i, t) in enumerate(zip(active, chosen)):
                 if t in stop:
-                    done[i] = True
                     continue
                 tokens[i].append(t)
-                if stop_at_answer_end and answer_complete(tokenizer.decode(tokens[i], skip_special_tokens=True)):
-                    done[i] = True
-            if all(done) or step == max_new_tokens - 1:
+                if not (stop_at_answer_end and answer_complete(tokenizer.decode(tokens[i], skip_special_tokens=True))):
+                    keep.append(r)
+            if not keep or step == max_new_tokens - 1:
                 break
-            # Finished rows are fed padding; rows do not see each other, so it changes no other row.
-            feed = torch.tensor([[pad if done[i] else chosen[i]] for i in range(n)], device=device)
-            mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=mask.device)], dim=1)
+            if len(keep) < len(active):
+                # Finished rows leave the batch: the cache stops growing (and being copied) for them.
+                idx = torch.tensor(keep, device=mask.device)
+                cache.batch_select_indices(idx)
+                mask, positions = mask[idx], positions[idx]
+                active, chosen = [active[r] for r in keep], [chosen[r] for r in keep]
+            feed = torch.tensor([[t] for t in chosen], device=device)
+            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=mask.device)], dim=1)
             out = model(input_ids=feed, attention_mask=mask, position_ids=positions.to(device),
-                        cache=cache, use_cache=True, **keep)
+                        cache=cache, use_cache=True, **keep_logits)
             positions += 1
             next_logits = out.logits[:, -1]
     return [tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
