@@ -528,3 +528,21 @@ def test_chart_labels_name_what_differs():
                                                    "closed-book 0-shot mmlu-cloze nll_char"]
     assert run_label({**base, "mode": "replug", "k": 5}) == "replug k=5 0-shot"
     assert _varying([base, {**base, "task": "fever", "template": "fever v1"}]) == ()  # differs across tasks only
+
+
+def test_eval_long_question_and_k_over_the_corpus(tmp_path, bm25_index, tiny_lm_dir, caplog):
+    """A question that leaves little room cuts the Background (counted), never the question; k larger
+    than the corpus retrieves the whole corpus, with a warning."""
+    long_question = "Which of the following dynasties " + "and its many later emperors " * 19 + "founded Beijing?"
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"id": "long", "question": long_question, "answers": ["Ming"]}) + "\n"
+                    + json.dumps(QUESTIONS[0]) + "\n")
+    cfg = EvalConfig(task=f"qa-file:{path}", model=str(tiny_lm_dir), index=str(bm25_index), k=50, max_new_tokens=4,
+                     device="cpu", output=str(tmp_path / "run"))
+    with caplog.at_level(logging.WARNING):
+        report = run_eval(cfg)
+    assert "larger than the corpus" in caplog.text
+    records = {r["id"]: r for r in map(json.loads, (tmp_path / "run" / "predictions.jsonl").read_text().splitlines())}
+    assert len(records["long"]["retrieved_ids"]) == 20 and len(records["long"]["weights"]) == 20
+    assert records["long"]["truncated"] > 0 and records["ming"]["truncated"] == 0
+    assert report["truncated_prompts"] == records["long"]["truncated"] and report["questions_with_truncation"] == 1
