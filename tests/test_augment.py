@@ -255,6 +255,30 @@ def test_single_prompt_modes_return_the_greedy_answer(tiny_lm):
         answer_generative(model, tokenizer, QUESTION, None, QA)
 
 
+def test_chat_template_wraps_each_prompt_as_a_user_turn(tiny_lm):
+    from radit.prompts import to_model_text
+
+    model, tokenizer = tiny_lm
+    chat = get_template("qa-chat")
+    pred = answer_generative(model, tokenizer, QUESTION, HITS, chat, temperature=0.1, k=2, max_new_tokens=4,
+                             demonstrations=[("Who wrote Hamlet?", "Shakespeare")])
+    rendered = build_prompts(chat, QUESTION, HITS[:2], "replug", demonstrations=[("Who wrote Hamlet?", "Shakespeare")])
+    assert "Answer: Shakespeare\n\nQuestion: Who founded" in rendered[0]  # a demonstration's answer after a space
+    prompts = [to_model_text(chat, p, tokenizer) for p in rendered]
+    assert prompts[0].startswith("<|im_start|>") and prompts[0].endswith("<|im_start|>assistant\n")
+    assert "<|im_start|>user\nBackground: Ming dynasty: The Ming dynasty was founded" in prompts[0]
+    # The answer opens the assistant turn: scored with no prefix after the header.
+    for prompt, row in zip(prompts, pred.chunk_scores):
+        want = [float(lp.sum()) for lp in continuation_logprobs(model, tokenizer, [prompt] * len(pred.candidates), pred.candidates)]
+        assert row == pytest.approx(want, abs=1e-4)
+    saved, tokenizer.chat_template = tokenizer.chat_template, None
+    try:
+        with pytest.raises(ValueError, match="no chat template"):
+            answer_generative(model, tokenizer, QUESTION, HITS, chat, k=2, max_new_tokens=4)
+    finally:
+        tokenizer.chat_template = saved
+
+
 def test_answer_choice_cloze_scores_option_texts(tiny_lm):
     model, tokenizer = tiny_lm
     cloze = get_template("mmlu-cloze")

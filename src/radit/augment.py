@@ -37,7 +37,7 @@ from radit.eval.metrics import normalize_answer
 from radit.lm.generate import answer_complete, eos_ids, extract_answer, greedy_from_prefill, greedy_generate
 from radit.lm.prefill import Prefill, logits_to_keep_supported, model_device, prefill, select_rows
 from radit.lm.scoring import SCORERS, continuation_logprobs, prefilled_logprobs, score, shared_prompt_logprobs
-from radit.prompts import Demonstration, PromptTemplate, comp_prompt, fit_background
+from radit.prompts import Demonstration, PromptTemplate, comp_prompt, fit_background, to_model_text
 from radit.runtime import autocast
 
 log = logging.getLogger(__name__)
@@ -167,10 +167,11 @@ def _prepare(model, tokenizer, question, hits, template, mode, temperature, k, d
         raise ValueError(f"the model's context ({limit} tokens) leaves no room for a prompt and {reserve} answer tokens")
     stats: dict = {}
     prompts = build_prompts(
-        template, question, used, mode, demonstrations, choices,
-        budget_tokens=budget, count_tokens=None if budget is None else (lambda s: len(tokenizer(s)["input_ids"])),
+        template, question, used, mode, demonstrations, choices, budget_tokens=budget,
+        count_tokens=None if budget is None else (lambda s: len(tokenizer(to_model_text(template, s, tokenizer))["input_ids"])),
         stats=stats,
     )
+    prompts = [to_model_text(template, prompt, tokenizer) for prompt in prompts]
     if len(prompts) > 1:
         scores = torch.tensor([float(h.score) for h in used], dtype=torch.float64)
         log_weights = retrieval_log_weights(scores, temperature)  # [k]
@@ -200,10 +201,11 @@ def _score_matrix(model, tokenizer, prompts, candidates, template, scoring, dtyp
     logprobs = _logprob_matrix(model, tokenizer, prompts, continuations, dtype, naive, pre)
     comp: list = [None] * len(candidates)
     if scoring == "nll_comp":
+        context = to_model_text(template, comp_prompt(template), tokenizer)
         if naive:
-            (comp,) = _logprob_matrix(model, tokenizer, [comp_prompt(template)], continuations, dtype, naive)
+            (comp,) = _logprob_matrix(model, tokenizer, [context], continuations, dtype, naive)
         else:
-            comp = shared_prompt_logprobs(model, tokenizer, comp_prompt(template), continuations, dtype=dtype)
+            comp = shared_prompt_logprobs(model, tokenizer, context, continuations, dtype=dtype)
     return torch.tensor(
         [[score(lp, cand, scoring, c) for lp, cand, c in zip(row, candidates, comp)] for row in logprobs],
         dtype=torch.float64,

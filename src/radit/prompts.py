@@ -66,6 +66,10 @@ class PromptTemplate:
     """Multiple-choice options, e.g. "\\nA. {A}\\nB. {B}", substituted for `{choices}` in `question`."""
     answer_options: tuple[str, ...] | None = None
     """The closed answer set (e.g. the letters for MMLU, "true"/"false" for FEVER); None for open answers."""
+    chat: bool = False
+    """Send the rendered prompt as one user message through the model's chat template, with the
+    assistant turn opened (`to_model_text`); the answer is the start of the assistant's reply.
+    Demonstrations stay inside the user message, each answer after a space."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -123,8 +127,10 @@ class PromptTemplate:
         parts = []
         for demo in demonstrations:
             demo_q, demo_a, *demo_choices = demo
+            # In a chat prompt the answer opens the assistant turn (no prefix); a demonstration's
+            # answer sits inside the user message, after a space.
             parts.append(self._question_part(demo_q, demo_choices[0] if demo_choices else None)
-                         + self.continuation(demo_a))
+                         + (self.answer_prefix or " ") + demo_a)
         parts.append(self._question_part(question, choices))
         prefix = "" if background is None else self.background.format(background=background)
         return prefix + self.demo_separator.join(parts)
@@ -191,6 +197,8 @@ TEMPLATES: dict[str, PromptTemplate] = {
         # Table 12, HotpotQA, and the open-domain QA form of Table 10.
         PromptTemplate(name="qa", version=1, question="Question: {question}\nAnswer:"),
         PromptTemplate(name="qa-short", version=1, question="Q: {question}\nA:"),
+        # The qa prompt as a chat turn, for instruction-tuned models (SmolLM2-Instruct, Llama-chat).
+        PromptTemplate(name="qa-chat", version=1, question="Question: {question}\nAnswer:", answer_prefix="", chat=True),
         # Table 12, MMLU: the answer is the option letter.
         PromptTemplate(
             name="mmlu", version=1, question="Question: {question}{choices}\nAnswer:",
@@ -213,6 +221,17 @@ TEMPLATES: dict[str, PromptTemplate] = {
         PromptTemplate(name="summarize", version=1, question="Summarize this article:"),
     ]
 }
+
+
+def to_model_text(template: PromptTemplate, prompt: str, tokenizer) -> str:
+    """The text the model reads for a rendered prompt: the prompt itself, or for a `chat` template the
+    prompt as one user message in the tokenizer's chat template with the assistant turn opened."""
+    if not template.chat:
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"prompt template {template.name!r} uses the model's chat format, but its tokenizer has no "
+                         "chat template; use a plain template (e.g. qa)")
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
 
 
 def get_template(name: str) -> PromptTemplate:
