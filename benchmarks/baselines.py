@@ -41,9 +41,11 @@ def main() -> None:
     ap.add_argument("--scoring", default="nll")
     ap.add_argument("--out", default="runs/baselines")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--report-only", action="store_true",
+                    help="evaluate nothing: tabulate the runs already finished (a partial sweep)")
     args = ap.parse_args()
 
-    lm = load_lm(args.model, device=args.device)
+    lm = None if args.report_only else load_lm(args.model, device=args.device)
     configs = []
     if args.mmlu_sample:
         # The paper's letter format, and cloze (each option's text scored; what small models are measured with).
@@ -57,18 +59,27 @@ def main() -> None:
         name = f"squad-open-{mode}" + ("" if mode in ("closed-book", "top1") else f"-k{k}") + f"-{shots}shot"
         configs.append((name, EvalConfig(task="squad-open", index=None if mode == "closed-book" else args.index,
                                          mode=mode, k=max(k, 1), shots=shots, limit=args.limit, scoring=args.scoring)))
-    rows, dirs = [], []
+    rows, dirs, missing = [], [], []
     for name, cfg in configs:
         cfg.model, cfg.device, cfg.output = args.model, args.device, f"{args.out}/{name}"
         t = time.time()
-        report = run_eval(cfg, lm=lm)
+        if args.report_only:
+            path = Path(cfg.output) / "metrics.json"
+            report = json.loads(path.read_text()) if path.is_file() else None
+            if report is None or report["n"] != (cfg.sample or cfg.limit):
+                missing.append(name)
+                continue
+        else:
+            report = run_eval(cfg, lm=lm)
         print(f"{name}: {json.dumps(report['metrics'])} n={report['n']} ({time.time() - t:.0f} s)", flush=True)
         rows.append({"name": name, "command": eval_command(cfg), **{k: report[k] for k in (
             "task", "mode", "k", "shots", "scoring", "template", "n", "metrics", "temperature", "truncated_prompts", "seconds")}})
         dirs.append(Path(cfg.output))
     md = make_report(dirs, RESULTS / "baselines")
     print(md.read_text())
-    save("baselines", {"model": args.model, "index": args.index, "runs": rows})
+    if missing:
+        print(f"not finished (rerun without --report-only to resume them): {', '.join(missing)}")
+    save("baselines", {"model": args.model, "index": args.index, "runs": rows, "not_finished": missing})
 
 
 def eval_command(cfg: EvalConfig) -> str:
