@@ -26,6 +26,7 @@ forward per (chunk, candidate); it must choose the same answers as `answer_gener
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -275,10 +276,10 @@ def answer_generative(
 ) -> Prediction:
     """Answer an open question with the retrieval-augmented ensemble (App. B, generation tasks).
 
-    The k prompts decode greedily as one batch (stopping each at the end of its first answer line);
-    each distinct answer is then scored under every prompt with `shared_prompt_logprobs` (one prompt
-    forward per chunk, the candidates on its KV cache), normalised by `scoring`, mixed with
-    p_R = softmax(hit scores / temperature) and the argmax is returned.
+    The k prompts run once as one batch (`radit.lm.prefill.prefill`); they decode greedily from that
+    KV cache (stopping each at the end of its first answer line), and each distinct answer is then
+    scored under every prompt on the same cache (`prefilled_logprobs`), normalised by `scoring`,
+    mixed with p_R = softmax(hit scores / temperature) and the argmax is returned.
 
     Args:
         model, tokenizer: a causal LM and its tokenizer (`radit.lm.load_lm`).
@@ -311,7 +312,9 @@ def answer_naive(model, tokenizer, question: str, hits: Sequence | None, templat
     each (chunk, candidate) pair with its own full forward (`continuation_logprobs(batch_size=1)`).
     Same answers; scores equal up to float rounding.
     """
-    options = dict(mode="replug", temperature=1.0, scoring="nll", k=10, demonstrations=(), max_new_tokens=32, dtype="float32")
+    # answer_generative's keyword arguments and defaults, so the two cannot drift apart.
+    options = {name: param.default for name, param in inspect.signature(answer_generative).parameters.items()
+               if param.kind is inspect.Parameter.KEYWORD_ONLY and name != "token_level"}
     unknown = set(kwargs) - set(options)
     if unknown:
         raise TypeError(f"answer_naive() got unexpected keyword argument(s) {sorted(unknown)}")

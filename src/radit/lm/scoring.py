@@ -5,12 +5,12 @@
 
 Everything here returns *log* scores, higher = better: `nll` is the summed log-probability, i.e. minus
 the negative log-likelihood the paper names it after (App. B "scoring functions"). The model-facing
-functions (`continuation_logprobs`, `shared_prompt_logprobs`) return per-token log-probs; the scores
+functions (`continuation_logprobs`, `prefilled_logprobs`, `shared_prompt_logprobs`) return per-token log-probs; the scores
 (`score`, `SCORERS`) are pure functions of those, testable without a model.
 
-Prompt and continuation are tokenised separately and their ids concatenated (the prompt with the
-tokenizer's own special-token handling, e.g. a BOS for Llama; the continuation with none), so a
-continuation has a well-defined token count that does not depend on the prompt before it.
+Prompt and continuation are tokenised separately and their ids concatenated (`radit.lm.prefill`: the
+prompt with the tokenizer's special tokens, the continuation with none), so a continuation has a
+well-defined token count that does not depend on the prompt before it.
 """
 
 from __future__ import annotations
