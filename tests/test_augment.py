@@ -22,7 +22,8 @@ from radit.augment import (
 )
 from radit.ensemble import mix_log_probs, retrieval_log_weights
 from radit.lm import continuation_logprobs, load_lm
-from radit.lm.generate import extract_answer, greedy_generate
+from radit.answers import extract_answer
+from radit.lm.generate import greedy_generate
 from radit.prompts import get_template
 from radit.retriever.search import Hit
 

@@ -16,7 +16,7 @@ from radit.ensemble import (
     retrieval_weights,
     token_mixture,
 )
-from radit.eval.metrics import normalize_answer
+from radit.answers import normalize_answer
 
 # 1 query, 2 chunks with retrieval scores [2, 0], 2 candidates (a, b).
 SCORES = torch.tensor([[2.0, 0.0]])

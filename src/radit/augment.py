@@ -34,8 +34,8 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from radit.ensemble import choose, dedupe_candidates, mix_log_probs, retrieval_log_weights, token_mixture
-from radit.eval.metrics import normalize_answer
-from radit.lm.generate import answer_complete, eos_ids, extract_answer, greedy_from_prefill, greedy_generate
+from radit.answers import answer_complete, extract_answer, normalize_answer
+from radit.lm.generate import eos_ids, greedy_from_prefill, greedy_generate
 from radit.lm.prefill import Prefill, logits_to_keep_supported, model_device, prefill, select_rows
 from radit.lm.scoring import SCORERS, continuation_logprobs, prefilled_logprobs, score, shared_prompt_logprobs
 from radit.prompts import Demonstration, PromptTemplate, comp_prompt, fit_background, to_model_text

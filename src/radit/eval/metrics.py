@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import collections
-import re
-import string
 from collections.abc import Sequence
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
-_PUNCT = set(string.punctuation)
-
-
-def normalize_answer(s: str) -> str:
-    """SQuAD's normalisation: lower case, drop punctuation and articles, squeeze whitespace."""
-    s = "".join(ch for ch in s.lower() if ch not in _PUNCT)
-    return " ".join(_ARTICLES.sub(" ", s).split())
-
+from radit.answers import normalize_answer
 
 def exact_match(prediction: str, answers: Sequence[str]) -> float:
     pred = normalize_answer(prediction)

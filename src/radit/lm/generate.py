@@ -11,38 +11,14 @@ answers are the first line of that text (`extract_answer`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from radit.answers import answer_complete, extract_answer
 from radit.lm.prefill import Prefill, context_length, logits_to_keep_supported, model_device, pad_id, select_rows, truncate_prompt
 from radit.runtime import autocast
-
-# A leading answer marker the model may repeat ("Answer: Paris", "A: Paris").
-_MARKER = re.compile(r"^(?:answer|a)\s*:\s*", re.IGNORECASE)
-
-
-def extract_answer(text: str) -> str:
-    """The paper-style short answer: the first line that is non-empty once stripped of a leading
-    "Answer:" / "A:" marker, stripped. "" when there is none.
-
-        extract_answer(" Paris\\nQuestion: ...")  ->  "Paris"
-        extract_answer("\\nAnswer: Zhu Yuanzhang") ->  "Zhu Yuanzhang"
-    """
-    for line in text.splitlines():
-        answer = _MARKER.sub("", line.strip()).strip()
-        if answer:
-            return answer
-    return ""
-
-
-def answer_complete(text: str) -> bool:
-    """Whether generated `text` already holds the whole answer `extract_answer` keeps: a non-empty
-    answer line followed by a newline. Decoding can stop there without changing the answer."""
-    return "\n" in text and bool(extract_answer(text[: text.rfind("\n")]))
-
 
 class _StopAtAnswerEnd(StoppingCriteria):
     """Stops a row once its new text holds a complete answer line, i.e. what `extract_answer` keeps.
