@@ -219,6 +219,46 @@ class QuickstartConfig:
     """Encoder compute dtype (float32 or bfloat16)."""
 
 
+INFERENCE_MODES = ("replug", "top1", "concat", "closed-book")
+SCORING_METHODS = ("nll", "nll_token", "nll_char", "nll_comp")
+
+
+@dataclasses.dataclass
+class InferenceConfig:
+    """How the LM answers with its retrieved chunks (RA-DIT Eq. 2): one group shared by `radit ask`,
+    `radit eval` and (next) the dev evaluation of training. On the command line its fields are plain
+    flags (`--k 3`); in YAML they sit under `inference:`."""
+
+    mode: Literal["replug", "top1", "concat", "closed-book"] = "replug"
+    """replug: one prompt per chunk, outputs mixed by p_R (the paper's Eq. 2); top1: the best chunk
+    only; concat: all k chunks in one Background (App. E.2); closed-book: no retrieval."""
+    k: int = 10
+    """Chunks retrieved per question (the paper: 10 at inference)."""
+    retrieval_temperature: float | None = None
+    """p_R temperature, softmax(s(x, c) / T) over the top-k. Default: the index's own (its encoder
+    preset's, e.g. 0.05 for MiniLM, 1 for DRAGON+; 1 for BM25)."""
+    scoring: Literal["nll", "nll_token", "nll_char", "nll_comp"] = "nll"
+    """How a candidate answer is scored under each chunk before mixing (App. B)."""
+    template: str | None = None
+    """Prompt template: a name in radit.prompts.TEMPLATES, or a model folder holding its saved
+    prompt_template.json (a fine-tuned checkpoint). Default: the task's own (qa for radit ask)."""
+    max_new_tokens: int = 32
+    """Greedy decoding budget per prompt (open-answer questions)."""
+    token_level: bool = False
+    """REPLUG's token-level ensemble instead of the paper's: mix the k next-token distributions with
+    p_R at every decoding step (one answer), rather than decode per chunk and rescore the candidates."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """LM compute precision; auto: bf16 autocast on a CUDA GPU or a CPU with AMX-BF16, else float32."""
+
+    def __post_init__(self) -> None:
+        for name in ("k", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        t = self.retrieval_temperature
+        if t is not None and not (t > 0 and math.isfinite(t)):
+            raise ValueError(f"--retrieval-temperature must be a finite number > 0, got {t}")
+
+
 @dataclasses.dataclass
 class AskConfig:
     """`radit ask`: answer questions with the LM and its top-k retrieved chunks (RA-DIT Eq. 2).
