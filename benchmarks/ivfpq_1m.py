@@ -21,7 +21,8 @@ import numpy as np
 from common import peak_rss_gib, save
 
 from radit.config import IndexConfig
-from radit.retriever.index import build_faiss, rerank_exact
+from radit.retriever.index import build_faiss
+from radit.retriever.search import rerank_exact
 
 
 def clustered(n: int, dim: int, seed: int, centres: int = 2000) -> np.ndarray:

@@ -18,7 +18,8 @@ from radit.config import CorpusConfig, EvalRetrievalConfig, IndexConfig
 from radit.corpus import build_passages
 from radit.data.qa import quickstart_documents
 from radit.eval.retrieval import evaluate_retrieval
-from radit.retriever.index import MANIFEST, build_index
+from radit.retriever.index import build_index
+from radit.retriever.manifest import MANIFEST
 
 
 def main() -> None:

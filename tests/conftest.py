@@ -1,8 +1,15 @@
-"""Shared fixtures: tiny encoders built in-process (real MiniLM tokenizer), a 20-passage corpus."""
+"""Shared fixtures: tiny encoders built in-process (real MiniLM tokenizer), a 20-passage corpus.
+
+The test run never writes to the user's home: radit's model cache ($RADIT_HOME), the Hugging Face
+cache and matplotlib's font cache all live in one temporary folder, removed at the end.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,6 +37,29 @@ PASSAGES = [
     ("tea", "Tea", "Tea is an aromatic beverage prepared by pouring hot water over cured leaves."),
     ("tea", "Tea", "Tea originated in southwest China, where it was used as a medicinal drink."),
 ]
+
+
+_HOME_VARS = ("RADIT_HOME", "HF_HOME", "MPLCONFIGDIR")
+_saved_env: dict[str, str | None] = {}
+
+
+def pytest_configure(config) -> None:
+    home = tempfile.mkdtemp(prefix="radit-test-home-")
+    for var in _HOME_VARS:
+        _saved_env[var] = os.environ.get(var)
+        os.environ[var] = str(Path(home) / var.lower())
+    _saved_env["_home"] = home
+
+
+def pytest_unconfigure(config) -> None:
+    home = _saved_env.pop("_home", None)
+    for var, value in _saved_env.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+    if home:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def minilm_path() -> Path:

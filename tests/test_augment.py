@@ -7,11 +7,12 @@ except for the `radit ask` end-to-end test on a BM25 index of the conftest passa
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
 
 import pytest
 import torch
 
+from radit.answers import extract_answer
 from radit.augment import (
     MODES,
     answer_choice,
@@ -20,10 +21,10 @@ from radit.augment import (
     build_prompts,
     format_prediction,
 )
+from radit.config import InferenceConfig
 from radit.ensemble import mix_log_probs, retrieval_log_weights
-from radit.lm import continuation_logprobs, load_lm
-from radit.answers import extract_answer
 from radit.lm.generate import greedy_generate
+from radit.lm.scoring import continuation_logprobs
 from radit.prompts import get_template
 from radit.retriever.search import Hit
 
@@ -34,6 +35,11 @@ HITS = [
     Hit(16, "rome#0", "rome", "", "Rome was founded, according to legend, by Romulus in 753 BC.", 0.42),
 ]
 QA = get_template("qa")
+
+
+def cfg(**overrides) -> InferenceConfig:
+    """Resolved inference settings, as the harness passes them: p_R temperature 1 and fp32 unless overridden."""
+    return InferenceConfig(**{"retrieval_temperature": 1.0, "dtype": "float32", **overrides})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -108,12 +114,53 @@ def test_no_empty_answer_when_the_model_would_stop_at_once(tiny_lm):
         pre = prefill(model, tokenizer, prompts, reserve=4)
         assert greedy_from_prefill(model, tokenizer, pre, max_new_tokens=4) == once
         assert greedy_from_prefill(model, tokenizer, pre, max_new_tokens=4, min_new_tokens=0) == ["", ""]
-        pred = answer_generative(model, tokenizer, QUESTION, HITS, QA, k=2, max_new_tokens=4)
+        pred = answer_generative(model, tokenizer, QUESTION, HITS, QA, cfg(k=2, max_new_tokens=4))
         assert pred.answer and all(pred.chunk_answers)
-        token = answer_generative(model, tokenizer, QUESTION, HITS, QA, k=2, max_new_tokens=4, token_level=True)
+        token = answer_generative(model, tokenizer, QUESTION, HITS, QA, cfg(k=2, max_new_tokens=4, token_level=True))
         assert token.answer
     finally:
         handle.remove()
+
+
+def naive_token_ensemble(model, tokenizer, prompts, log_weights, max_new_tokens) -> str:
+    """The oracle for the KV-cache loop: every step re-reads each prompt + the tokens so far, mixes, argmax."""
+    from radit.ensemble import token_mixture
+    from radit.lm.generate import eos_ids
+
+    stop = sorted(eos_ids(model, tokenizer))
+    generated: list[int] = []
+    for step in range(max_new_tokens):
+        rows = [torch.tensor([tokenizer(p).input_ids + generated]) for p in prompts]
+        with torch.no_grad():
+            lp = torch.stack([model(input_ids=r).logits[0, -1].float().log_softmax(-1) for r in rows])  # [k, V]
+        if step == 0:
+            lp[:, stop] = float("-inf")
+        token = int(token_mixture(lp, log_weights.float()).argmax())
+        if token in stop:
+            break
+        generated.append(token)
+    return tokenizer.decode(generated, skip_special_tokens=True)
+
+
+def test_ensemble_from_prefill_equals_naive_mixture(tiny_lm):
+    from radit.lm.generate import ensemble_from_prefill, greedy_from_prefill
+    from radit.lm.prefill import prefill
+
+    model, tokenizer = tiny_lm
+    prompts = build_prompts(QA, QUESTION, HITS, "replug")
+    pre = prefill(model, tokenizer, prompts, reserve=8)
+    log_w = retrieval_log_weights(torch.tensor([h.score for h in HITS]), 0.1)
+    mixed = ensemble_from_prefill(model, tokenizer, pre, log_w, max_new_tokens=8)
+    assert mixed == naive_token_ensemble(model, tokenizer, prompts, log_w, 8)
+    greedy = greedy_from_prefill(model, tokenizer, pre, max_new_tokens=8)
+    assert mixed not in greedy  # the mixture really decides: no single prompt decodes this
+    # All of p_R on one prompt: that prompt's greedy continuation.
+    for top in range(3):
+        one_hot = torch.full((3,), float("-inf"))
+        one_hot[top] = 0.0
+        assert ensemble_from_prefill(model, tokenizer, pre, one_hot, max_new_tokens=8) == greedy[top]
+    with pytest.raises(ValueError, match="one entry per prompt"):
+        ensemble_from_prefill(model, tokenizer, pre, log_w[:2])
 
 
 def test_greedy_cuts_long_prompts_from_the_start(tiny_lm):
@@ -196,9 +243,9 @@ def test_build_prompts_errors():
 @pytest.mark.parametrize("scoring", ["nll", "nll_token", "nll_comp"])
 def test_generative_equals_naive(tiny_lm, scoring):
     model, tokenizer = tiny_lm
-    kwargs = dict(temperature=0.1, scoring=scoring, k=3, max_new_tokens=6)
-    fast = answer_generative(model, tokenizer, QUESTION, HITS, QA, **kwargs)
-    naive = answer_naive(model, tokenizer, QUESTION, HITS, QA, **kwargs)
+    settings = cfg(retrieval_temperature=0.1, scoring=scoring, k=3, max_new_tokens=6)
+    fast = answer_generative(model, tokenizer, QUESTION, HITS, QA, settings)
+    naive = answer_naive(model, tokenizer, QUESTION, HITS, QA, settings)
     assert len(fast.candidates) >= 2  # the chunks disagree, so the mixing decides
     assert fast.answer == naive.answer
     assert fast.candidates == naive.candidates and fast.chunk_answers == naive.chunk_answers
@@ -209,9 +256,30 @@ def test_generative_equals_naive(tiny_lm, scoring):
     assert fast.answer == fast.candidates[max(range(len(fast.mixed)), key=fast.mixed.__getitem__)]
 
 
+def test_settings_are_checked_and_resolved(tiny_lm):
+    model, tokenizer = tiny_lm
+    with pytest.raises(ValueError, match="retrieval_temperature is None"):
+        answer_generative(model, tokenizer, QUESTION, HITS, QA, cfg(k=2, retrieval_temperature=None))
+    with pytest.raises(ValueError, match="retrieval_temperature is None"):
+        answer_choice(model, tokenizer, QUESTION, None, HITS, get_template("fever"), cfg(k=2, retrieval_temperature=None))
+    # One prompt mixes nothing: no temperature needed.
+    one = answer_generative(model, tokenizer, QUESTION, HITS, QA, cfg(mode="top1", max_new_tokens=4, retrieval_temperature=None))
+    assert one.weights == [1.0]
+    # dtype "auto" is resolved for the model's device (float32 on a CPU without AMX-BF16).
+    from radit.runtime import resolve_dtype
+
+    settings = cfg(retrieval_temperature=0.1, k=2, max_new_tokens=4)
+    auto = answer_generative(model, tokenizer, QUESTION, HITS, QA, dataclasses.replace(settings, dtype="auto"))
+    resolved = answer_generative(model, tokenizer, QUESTION, HITS, QA,
+                                 dataclasses.replace(settings, dtype=resolve_dtype("auto", "cpu")))
+    assert auto.answer == resolved.answer and auto.mixed == pytest.approx(resolved.mixed)
+    with pytest.raises(ValueError, match="token-level"):
+        answer_naive(model, tokenizer, QUESTION, HITS, QA, cfg(token_level=True))
+
+
 def test_generative_mix_by_hand(tiny_lm):
     model, tokenizer = tiny_lm
-    pred = answer_generative(model, tokenizer, QUESTION, HITS, QA, temperature=0.1, k=3, max_new_tokens=6)
+    pred = answer_generative(model, tokenizer, QUESTION, HITS, QA, cfg(retrieval_temperature=0.1, k=3, max_new_tokens=6))
     prompts = build_prompts(QA, QUESTION, HITS, "replug")
     conts = [" " + c for c in pred.candidates]
     lp = torch.tensor([[float(x.sum()) for x in continuation_logprobs(model, tokenizer, [p] * len(conts), conts)]
@@ -228,7 +296,7 @@ def test_ensemble_follows_the_weights(tiny_lm):
     for top in range(3):
         # Make chunk `top` the retriever's favourite; a tiny temperature puts all of p_R on it.
         hits = [Hit(h.row, h.id, h.doc_id, h.title, h.text, 1.0 if i == top else 0.0) for i, h in enumerate(HITS)]
-        pred = answer_generative(model, tokenizer, QUESTION, hits, QA, temperature=1e-4, k=3, max_new_tokens=6)
+        pred = answer_generative(model, tokenizer, QUESTION, hits, QA, cfg(retrieval_temperature=1e-4, k=3, max_new_tokens=6))
         assert pred.weights[top] == pytest.approx(1.0)
         # The mixture is then that chunk's own scores: the answer is its best-scored candidate ...
         assert pred.mixed == pytest.approx(pred.chunk_scores[top], abs=1e-5)
@@ -244,7 +312,7 @@ def test_ensemble_follows_the_weights(tiny_lm):
 def test_single_prompt_modes_return_the_greedy_answer(tiny_lm):
     model, tokenizer = tiny_lm
     for mode, hits in [("closed-book", None), ("closed-book", HITS), ("top1", HITS), ("concat", HITS)]:
-        pred = answer_generative(model, tokenizer, QUESTION, hits, QA, mode=mode, max_new_tokens=6)
+        pred = answer_generative(model, tokenizer, QUESTION, hits, QA, cfg(mode=mode, max_new_tokens=6, retrieval_temperature=None))
         assert pred.weights == [1.0] and len(pred.chunk_answers) == 1
         assert pred.answer == pred.chunk_answers[0] != ""
         assert pred.candidates == [pred.answer] and pred.mixed == pytest.approx(pred.chunk_scores[0])
@@ -253,7 +321,7 @@ def test_single_prompt_modes_return_the_greedy_answer(tiny_lm):
         assert pred.score == pytest.approx(float(lp.sum()), abs=1e-4)
         assert pred.passage_ids == {"closed-book": [], "top1": ["ming#0"], "concat": ["ming#0", "ming#1", "rome#0"]}[mode]
     with pytest.raises(ValueError, match="closed-book"):
-        answer_generative(model, tokenizer, QUESTION, None, QA)
+        answer_generative(model, tokenizer, QUESTION, None, QA, cfg())
 
 
 def test_chat_template_wraps_each_prompt_as_a_user_turn(tiny_lm):
@@ -261,7 +329,7 @@ def test_chat_template_wraps_each_prompt_as_a_user_turn(tiny_lm):
 
     model, tokenizer = tiny_lm
     chat = get_template("qa-chat")
-    pred = answer_generative(model, tokenizer, QUESTION, HITS, chat, temperature=0.1, k=2, max_new_tokens=4,
+    pred = answer_generative(model, tokenizer, QUESTION, HITS, chat, cfg(retrieval_temperature=0.1, k=2, max_new_tokens=4),
                              demonstrations=[("Who wrote Hamlet?", "Shakespeare")])
     rendered = build_prompts(chat, QUESTION, HITS[:2], "replug", demonstrations=[("Who wrote Hamlet?", "Shakespeare")])
     assert "Answer: Shakespeare\n\nQuestion: Who founded" in rendered[0]  # a demonstration's answer after a space
@@ -275,7 +343,7 @@ def test_chat_template_wraps_each_prompt_as_a_user_turn(tiny_lm):
     saved, tokenizer.chat_template = tokenizer.chat_template, None
     try:
         with pytest.raises(ValueError, match="no chat template"):
-            answer_generative(model, tokenizer, QUESTION, HITS, chat, k=2, max_new_tokens=4)
+            answer_generative(model, tokenizer, QUESTION, HITS, chat, cfg(k=2, max_new_tokens=4))
     finally:
         tokenizer.chat_template = saved
 
@@ -284,7 +352,7 @@ def test_answer_choice_cloze_scores_option_texts(tiny_lm):
     model, tokenizer = tiny_lm
     cloze = get_template("mmlu-cloze")
     options = {"A": "Zhu Yuanzhang", "B": "Romulus", "C": "Kublai Khan", "D": "the Yongle Emperor"}
-    pred = answer_choice(model, tokenizer, QUESTION, options, HITS, cloze, temperature=0.1, k=3)
+    pred = answer_choice(model, tokenizer, QUESTION, options, HITS, cloze, cfg(retrieval_temperature=0.1, k=3))
     prompts = build_prompts(cloze, QUESTION, HITS, "replug")
     assert "Romulus" not in prompts[0].split("Question:")[1]  # the options are not listed
     conts = [" " + text for text in options.values()]
@@ -300,7 +368,7 @@ def test_answer_choice_matches_hand_computation(tiny_lm):
     options = {"A": "Zhu Yuanzhang", "B": "Romulus", "C": "Kublai Khan", "D": "Yongle"}
     for template, opts, labels in [(mmlu, options, list("ABCD")), (get_template("fever"), None, ["true", "false"])]:
         for temperature in (0.02, 1.0):
-            pred = answer_choice(model, tokenizer, QUESTION, opts, HITS, template, temperature=temperature, k=3)
+            pred = answer_choice(model, tokenizer, QUESTION, opts, HITS, template, cfg(retrieval_temperature=temperature, k=3))
             prompts = build_prompts(template, QUESTION, HITS, "replug", choices=opts)
             conts = [" " + label for label in labels]
             lp = torch.stack([torch.stack([x.sum() for x in continuation_logprobs(model, tokenizer, [p] * len(conts), conts)])
@@ -315,21 +383,21 @@ def test_answer_choice_matches_hand_computation(tiny_lm):
 def test_token_level_ensemble(tiny_lm):
     model, tokenizer = tiny_lm
     # One prompt: the mixture is that prompt's distribution, so token-level decoding is plain greedy.
-    greedy = answer_generative(model, tokenizer, QUESTION, HITS, QA, mode="top1", max_new_tokens=6)
-    token = answer_generative(model, tokenizer, QUESTION, HITS, QA, mode="top1", max_new_tokens=6, token_level=True)
+    greedy = answer_generative(model, tokenizer, QUESTION, HITS, QA, cfg(mode="top1", max_new_tokens=6))
+    token = answer_generative(model, tokenizer, QUESTION, HITS, QA, cfg(mode="top1", max_new_tokens=6, token_level=True))
     assert token.answer == greedy.answer and token.mixed == pytest.approx(greedy.mixed, abs=1e-4)
     # All weight on one chunk: the top chunk's greedy answer.
     for top in range(3):
         hits = [Hit(h.row, h.id, h.doc_id, h.title, h.text, 1.0 if i == top else 0.0) for i, h in enumerate(HITS)]
-        seq = answer_generative(model, tokenizer, QUESTION, hits, QA, temperature=1e-4, max_new_tokens=6)
-        tok = answer_generative(model, tokenizer, QUESTION, hits, QA, temperature=1e-4, max_new_tokens=6, token_level=True)
+        seq = answer_generative(model, tokenizer, QUESTION, hits, QA, cfg(retrieval_temperature=1e-4, max_new_tokens=6))
+        tok = answer_generative(model, tokenizer, QUESTION, hits, QA, cfg(retrieval_temperature=1e-4, max_new_tokens=6, token_level=True))
         assert tok.answer == seq.chunk_answers[top] and tok.chunk_answers == []
         assert tok.mixed[0] == pytest.approx(seq.chunk_scores[top][seq.candidates.index(tok.answer)], abs=1e-4)
 
 
 def test_format_prediction(tiny_lm):
     model, tokenizer = tiny_lm
-    pred = answer_generative(model, tokenizer, QUESTION, HITS, QA, temperature=0.1, max_new_tokens=6)
+    pred = answer_generative(model, tokenizer, QUESTION, HITS, QA, cfg(retrieval_temperature=0.1, max_new_tokens=6))
     lines = format_prediction(pred, HITS).splitlines()
     assert lines[0] == f"Q: {QUESTION}" and lines[1].startswith(f"A: {pred.answer}")
     assert lines[3].split()[:4] == ["1", f"{pred.weights[0]:.3f}", "Ming", "dynasty"]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from radit import cli
-from radit.config import CorpusConfig, IndexConfig, build_config, field_docs, from_dict
+from radit.config import CorpusConfig, IndexConfig
+from radit.config_io import build_config, field_docs, from_dict
 
 CONFIG_CLASSES = sorted({c.config for c in cli.COMMANDS.values()}, key=lambda c: c.__name__)
 
@@ -60,8 +61,79 @@ def test_help_of_every_command(command):
 
 @pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/*.yaml")), ids=lambda p: p.name)
 def test_shipped_presets_load(path):
-    from radit.config import load_yaml
+    from radit.config_io import load_yaml
     from radit.retriever.encoder import resolve_encoder_spec
 
     cfg = from_dict(IndexConfig, load_yaml(path), where=str(path))
     assert resolve_encoder_spec(cfg.encoder).doc_model
+
+
+# --------------------------------------------------------------------------------------------------
+# YAML values are type-checked; the inference settings are one group with plain flags
+# --------------------------------------------------------------------------------------------------
+
+
+def _yaml_config(tmp_path, command: str, text: str):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    args = cli.build_parser().parse_args([command, "--config", str(path)])
+    return build_config(cli.COMMANDS[command].config, args, args._config)
+
+
+@pytest.mark.parametrize(("command", "text", "message"), [
+    ("eval", "inference:\n  k: ten\n", r"c\.yaml: inference: k: expected an integer, got 'ten'"),
+    ("eval", "inference:\n  k: 2.5\n", r"inference: k: expected an integer"),
+    ("eval", "inference:\n  k: true\n", r"inference: k: expected an integer"),
+    ("eval", "inference:\n  scoring: bogus\n", r"scoring: 'bogus' is not allowed; valid values: nll, nll_token, nll_char, nll_comp"),
+    ("ask", "inference:\n  mode: fusion\n", r"mode: 'fusion' is not allowed; valid values: replug, top1, concat, closed-book"),
+    ("eval", "k: 3\n", r"unknown key\(s\) \['k'\] \(k belongs under inference:\)"),
+    ("eval", "inference: 3\n", r"inference: expected a mapping"),
+    ("index", "batch_size: '64'\n", r"batch_size: expected an integer, got '64'"),
+    ("index", "encoder:\n  normalize: 'yes'\n", r"encoder: normalize: expected true or false"),
+    ("eval-retrieval", "ks: [1, x]\n", r"ks\[1\]: expected an integer"),
+    ("corpus", "inputs: docs.jsonl\n", r"inputs: expected a list of strings"),
+    ("index", "dtype: fp8\n", r"dtype: 'fp8' is not allowed; valid values: auto, float32"),
+    ("index", "a: [\n", r"c\.yaml: not valid YAML"),
+])
+def test_bad_yaml_values_name_the_key_and_what_is_allowed(tmp_path, command, text, message):
+    with pytest.raises(ValueError, match=message):
+        _yaml_config(tmp_path, command, text)
+
+
+def test_bad_yaml_value_through_the_cli_is_a_message_not_a_traceback(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("inference:\n  k: ten\n")
+    assert cli.main(["eval", "--config", str(path), "--mode", "closed-book"]) == 2
+    err = capsys.readouterr().err
+    assert "k: expected an integer, got 'ten'" in err and "Traceback" not in err
+
+
+def test_inference_settings_are_one_group_with_plain_flags(tmp_path):
+    cfg = _yaml_config(tmp_path, "eval", "index: i\ninference:\n  k: 3\n  scoring: nll_char\n")
+    assert (cfg.inference.k, cfg.inference.scoring, cfg.inference.mode) == (3, "nll_char", "replug")
+    path = tmp_path / "c.yaml"
+    args = cli.build_parser().parse_args(["eval", "--config", str(path), "--k", "5", "--retrieval-temperature", "0.1"])
+    cfg = build_config(cli.COMMANDS["eval"].config, args, args._config)
+    assert (cfg.inference.k, cfg.inference.scoring, cfg.inference.retrieval_temperature) == (5, "nll_char", 0.1)
+    # The same group type in ask and eval; its defaults are the paper's (k=10, Eq. 2 ensemble).
+    from radit.config import AskConfig, EvalConfig, InferenceConfig
+
+    assert AskConfig().inference == InferenceConfig() == EvalConfig(index="i").inference
+    assert (InferenceConfig().k, InferenceConfig().mode, InferenceConfig().dtype) == (10, "replug", "auto")
+    with pytest.raises(ValueError, match="--retrieval-temperature must be a finite number > 0"):
+        InferenceConfig(retrieval_temperature=0.0)
+    with pytest.raises(ValueError, match="--mode 'fusion' is unknown"):
+        InferenceConfig(mode="fusion")
+
+
+def test_quiet_silences_progress_bars_and_library_lines(tmp_path, passages_file, tiny_encoder_dir):
+    def run(*flags: str) -> str:
+        out = tmp_path / f"index{len(flags)}"
+        argv = [sys.executable, "-m", "radit.cli", "index", "--passages", str(passages_file), "--output", str(out),
+                "--encoder.query-model", str(tiny_encoder_dir), "--device", "cpu", *flags]
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stderr
+
+    assert run("-q") == ""
+    normal = run()
+    assert "embed passages" in normal  # radit's own progress bar and log lines stay in a normal run
+    assert "faiss.loader" not in normal and "Loading faiss" not in normal

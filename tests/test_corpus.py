@@ -279,6 +279,12 @@ BAD = {
     "csv_non_utf8": ("d.csv", b'id,text\nok,fine\n"x","\xff"\n', ":3:", "record", "non_utf8"),
     "csv_wrong_field_count": ("d.csv", b'id,text\nok,fine\n"x\ny",a,b\n', ":3:", "record", "bad_row"),
     "tsv_empty_text": ("d.tsv", b"id\ttext\nok\tfine\nx\t\n", ":3:", "text", "empty_text"),
+    # a tsv row is one line: an unmatched quote spoils its own row, not the rows after it
+    "tsv_unclosed_quote": ("d.tsv", b'id\ttext\nok\tfine\nx\t"open\n', ":3:", "text", "unclosed_quote"),
+    "tsv_bad_row": ("d.tsv", b"id\ttext\nok\tfine\nx\ty\rz\n", ":3:", "record", "bad_row"),
+    "unpaired_surrogate": ("d.jsonl", GOOD + b'{"id": "x", "text": "a \\ud800 b"}\n', ":2:", "text", "unpaired_surrogate"),
+    "surrogate_in_title": ("d.json", b'[{"text": "a"}, {"title": "\\udfff", "text": "b"}]', ":[1]:", "title", "unpaired_surrogate"),
+    "cut_off_jsonl": ("d.jsonl", GOOD + b'{"id": "a", "text": "abc', ":2:", "record", "invalid_json"),
     # file-level: always errors, even with --on-error skip
     "empty_file": ("d.jsonl", b"", "d.jsonl:", "file", None),
     "blank_lines_only": ("d.jsonl", b"\n  \n", "d.jsonl:", "file", None),
@@ -290,6 +296,9 @@ BAD = {
     "json_non_utf8": ("d.json", b'[\n{"text": "\xff"}]', ":2:", "file", None),
     "csv_without_text_column": ("d.csv", b"id,body\n1,x\n", ":1:", "text", None),
     "csv_unknown_column": ("d.csv", b"id,text,url\n1,x,u\n", ":1:", "url", None),
+    # a quote left open to the end of a csv file swallowed every later row: nothing to skip to
+    "csv_unclosed_at_eof": ("d.csv", b'id,text\nok,fine\nx,"open\ny,z\n', ":3:", "text", None),
+    "tsv_header_unclosed": ("d.tsv", b'id\t"text\nok\tfine\n', ":1:", "header", None),
     "unknown_extension": ("d.txt", GOOD, "d.txt:", "file", None),
     "parquet_gz": ("d.parquet.gz", b"x", "d.parquet.gz:", "file", None),
     "corrupt_gzip": ("d.jsonl.gz", b"not gzip at all", "d.jsonl.gz:", "file", None),
@@ -388,6 +397,93 @@ def test_long_line_is_rejected_without_reading_it_whole(tmp_path):
     assert stats.skipped == {"too_large": 1} and passages[0]["id"] == "k#0"
     with pytest.raises(CorpusError, match="raise --max-record-bytes or split the document"):
         run(tmp_path, path, max_record_bytes=100)
+
+
+def test_unmatched_quote_in_a_tsv_is_an_error_of_its_row(tmp_path):
+    # The issue's case: before, row 2's field swallowed rows 3 and 4 (4 documents -> 2, exit 0).
+    path = tmp_path / "d.tsv"
+    path.write_text('id\ttext\n1\tone\n2\t"two\n3\tthree\n4\tfour\n', encoding="utf-8")
+    with pytest.raises(CorpusError, match=r'd\.tsv:3: text: a field opens with " and is not closed on its line; .*--multiline-fields'):
+        run(tmp_path, path)
+    # the row is skipped by itself: the rows after it are read as they are
+    stats, passages = run(tmp_path, path, on_error="skip")
+    assert [p["text"] for p in passages] == ["one", "three", "four"]
+    assert stats.skipped == {"unclosed_quote": 1}
+
+
+@pytest.mark.parametrize("name, options", [("d.tsv", {"multiline_fields": True}), ("d.csv", {})])
+def test_quote_open_to_the_end_of_the_file_is_never_skipped(tmp_path, name, options):
+    # With multi-line fields (always, for csv) the open quote runs to the end of the file: every
+    # row after it is lost, so skipping it would hide them. An error of the file, naming the line.
+    delimiter = "\t" if name.endswith(".tsv") else ","
+    path = tmp_path / name
+    path.write_text(f'id{delimiter}text\n1{delimiter}one\n2{delimiter}"two\n3{delimiter}three\n4{delimiter}four\n', encoding="utf-8")
+    for on_error in ("error", "skip"):
+        with pytest.raises(CorpusError, match=rf"{name}:3: text: .*never closed.*swallowing every later row") as e:
+            run(tmp_path, path, on_error=on_error, **options)
+        assert e.value.reason is None
+
+
+def test_dpr_psgs_w100_tsv_with_doubled_quotes(tmp_path):
+    # DPR's psgs_w100.tsv: header id, text, title; a field holding quotes is quoted, its quotes doubled.
+    path = tmp_path / "psgs_w100.tsv"
+    path.write_bytes(
+        b'id\ttext\ttitle\n'
+        b'1\t"Aaron Aaron ( or ; ""Ah\xc3\xa4r\xc3\xb4n"") is a prophet"\tAaron\n'
+        b'2\tSo Ahab said, "Go up" to the king\t"""Weird Al"" Yankovic"\n'
+        b'3\t"He said ""hi"""\tGreeting\r\n'
+    )
+    stats, passages = run(tmp_path, path)
+    assert [(p["id"], p["title"], p["text"]) for p in passages] == [
+        ("1#0", "Aaron", 'Aaron Aaron ( or ; "Ah\u00e4r\u00f4n") is a prophet'),
+        ("2#0", '"Weird Al" Yankovic', 'So Ahab said, "Go up" to the king'),  # a quote inside a field is kept
+        ("3#0", "Greeting", 'He said "hi"'),
+    ]
+    assert stats.skipped == {}
+
+
+def test_multiline_tsv_field_is_refused_unless_allowed(tmp_path):
+    path = tmp_path / "d.tsv"
+    path.write_text('id\ttext\na\t"line one\nline two"\nb\tsecond\n', encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"d\.tsv:2: text: .*not closed on its line.*--multiline-fields"):
+        run(tmp_path, path)
+    _, passages = run(tmp_path, path, multiline_fields=True)
+    assert [(p["id"], p["text"]) for p in passages] == [("a#0", "line one line two"), ("b#0", "second")]
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # deeper than any recursion limit
+LONG_INT = "7" * 5_000  # over Python's 4,300-digit limit for int()
+
+
+@pytest.mark.parametrize("value, reason, problem", [(DEEP, "too_deep", "nested 100001 levels deep"),
+                                                    (LONG_INT, "number_too_long", "an integer of more than 4300 digits")])
+@pytest.mark.parametrize("name", ["d.jsonl", "d.json"])
+def test_deep_nesting_and_long_integers_are_bad_records(tmp_path, name, value, reason, problem):
+    # Before: a RecursionError traceback, or Python's own ValueError with no file or line; neither skippable.
+    records = ['{"id": "a", "text": "one"}', f'{{"id": "b", "text": "two", "extra": {value}}}', '{"id": "c", "text": "three"}']
+    path = tmp_path / name
+    path.write_text("\n".join(records) + "\n" if name.endswith(".jsonl") else "[" + ",\n".join(records) + "]", encoding="utf-8")
+    with pytest.raises(CorpusError) as e:
+        run(tmp_path, path, max_record_bytes=1 << 20)
+    where = f"{path}:2: record: " if name.endswith(".jsonl") else f"{path}:[1]: record: "
+    assert str(e.value).startswith(where + problem) and "; " in str(e.value) and e.value.reason == reason
+    stats, passages = run(tmp_path, path, on_error="skip", extra_fields="ignore", max_record_bytes=1 << 20)
+    assert [p["text"] for p in passages] == ["one", "three"] and stats.skipped == {reason: 1}
+
+
+@pytest.mark.parametrize("value", [DEEP, LONG_INT])
+def test_deep_or_long_value_in_a_squad_file_names_its_line(tmp_path, value):
+    path = tmp_path / "dev.json"
+    path.write_text('{"data": [\n{"title": "T", "paragraphs": [\n{"context": "c", "qas": ' + value + "}]}]}", encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"dev\.json:3: file: "):
+        run(tmp_path, path)
+
+
+def test_cut_off_jsonl_line_is_reported_at_its_end(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(GOOD + b'{"id": "a", "text": "abc')  # the download stopped mid-record
+    with pytest.raises(CorpusError, match=r"d\.jsonl:2: record: invalid JSON: cut off after column 24 inside a string opened at column 21"):
+        run(tmp_path, path)
 
 
 def test_csv_line_numbers_follow_multiline_rows(tmp_path):

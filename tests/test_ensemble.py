@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from radit.answers import normalize_answer
 from radit.ensemble import (
     choose,
     dedupe_candidates,
@@ -16,7 +17,6 @@ from radit.ensemble import (
     retrieval_weights,
     token_mixture,
 )
-from radit.answers import normalize_answer
 
 # 1 query, 2 chunks with retrieval scores [2, 0], 2 candidates (a, b).
 SCORES = torch.tensor([[2.0, 0.0]])

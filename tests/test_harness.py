@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from radit.config import EvalConfig, ReportConfig
-from radit.eval.harness import read_predictions, resolve_temperature, run_eval, summarize
+from radit.config import EvalConfig, InferenceConfig, ReportConfig
+from radit.eval.harness import read_predictions, run_eval, summarize
 from radit.eval.report import make_report
 from radit.eval.tasks import HELD_OUT, get_task, resolve_data_dir
 
@@ -230,6 +231,15 @@ class FakePrediction:
     passage_ids: list[str]
 
 
+INFERENCE_FIELDS = {f.name for f in dataclasses.fields(InferenceConfig)}
+
+
+def ecfg(**kw) -> EvalConfig:
+    """EvalConfig with the inference settings given as plain keywords, as on the command line."""
+    inference = {key: kw.pop(key) for key in list(kw) if key in INFERENCE_FIELDS}
+    return EvalConfig(inference=InferenceConfig(**inference), **kw)
+
+
 class FakeAnswers:
     """Stands in for radit.augment: known answers, records its calls, can fail after n calls."""
 
@@ -245,13 +255,15 @@ class FakeAnswers:
         return FakePrediction(answer, candidates, [-1.0] + [float("-inf")] * (len(candidates) - 1),
                               [answer] * len(hits), weights, [h.id for h in hits])
 
-    def generative(self, model, tokenizer, question, hits, template, **kwargs):
-        self.calls.append({"question": question, "hits": hits, "template": template, **kwargs})
+    def generative(self, model, tokenizer, question, hits, template, settings, demonstrations=()):
+        self.calls.append({"question": question, "hits": hits, **dataclasses.asdict(settings), "template": template,
+                           "demonstrations": demonstrations})
         qid = next(q["id"] for q in QUESTIONS if q["question"] == question)
         return self._predict(PREDICTIONS[qid][0], hits, [PREDICTIONS[qid][0], "other"])
 
-    def choice(self, model, tokenizer, question, options, hits, template, **kwargs):
-        self.calls.append({"question": question, "options": options, "hits": hits, "template": template, **kwargs})
+    def choice(self, model, tokenizer, question, options, hits, template, settings, demonstrations=()):
+        self.calls.append({"question": question, "options": options, "hits": hits, **dataclasses.asdict(settings),
+                           "template": template, "demonstrations": demonstrations})
         return self._predict(self.choice_answer, hits, list(template.answer_options))
 
     @property
@@ -261,7 +273,8 @@ class FakeAnswers:
 
 def eval_cfg(tmp_path, questions_file, index, **kw) -> EvalConfig:
     kw.setdefault("output", str(tmp_path / "run"))
-    return EvalConfig(task=f"qa-file:{questions_file}", index=str(index) if index else None, k=3, **kw)
+    kw.setdefault("k", 3)
+    return ecfg(task=f"qa-file:{questions_file}", index=str(index) if index else None, **kw)
 
 
 def test_eval_end_to_end_with_known_predictions(tmp_path, questions_file, bm25_index):
@@ -270,9 +283,10 @@ def test_eval_end_to_end_with_known_predictions(tmp_path, questions_file, bm25_i
     out = tmp_path / "run"
     assert report["n"] == 5 and report["primary_metric"] == "em"
     assert report["metrics"]["em"] == pytest.approx(EM) and report["metrics"]["f1"] == pytest.approx(F1)
-    assert report["temperature"] == {"value": 1.0, "source": "default for a BM25 index (no encoder temperature)"}
+    assert report["temperature"]["value"] == 1.0 and "BM25" in report["temperature"]["source"]
     assert json.loads((out / "metrics.json").read_text()) == report
-    assert "k: 3" in (out / "config.yaml").read_text() and "template: qa" in (out / "config.yaml").read_text()
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["inference"]["k"] == 3 and saved["inference"]["template"] == "qa" and saved["inference"]["dtype"] == "float32"
 
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in records] == [q["id"] for q in QUESTIONS]
@@ -284,7 +298,7 @@ def test_eval_end_to_end_with_known_predictions(tmp_path, questions_file, bm25_i
         assert sum(rec["weights"]) == pytest.approx(1.0)
     assert records[0]["retrieved_ids"][0] == "ming#0"  # BM25 finds the answering passage
     call = fake.calls[0]
-    assert (call["mode"], call["k"], call["temperature"], call["scoring"], call["demonstrations"]) == ("replug", 3, 1.0, "nll", [])
+    assert (call["mode"], call["k"], call["retrieval_temperature"], call["scoring"], call["demonstrations"]) == ("replug", 3, 1.0, "nll", [])
     assert call["template"].name == "qa" and call["max_new_tokens"] == 32
 
 
@@ -319,11 +333,16 @@ def test_eval_limit_and_settings_mismatch(tmp_path, questions_file, bm25_index):
     import yaml
 
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    del saved["token_level"]
+    del saved["inference"]["token_level"]
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(saved))
     assert run_eval(dataclasses.replace(cfg, limit=None), FakeAnswers().fns, lm=(None, None))["resumed"] == 5
+    # ... and so does one written before the inference settings were a group (flat keys, `temperature`).
+    legacy = {key: value for key, value in saved.items() if key != "inference"}
+    legacy.update({("temperature" if key == "retrieval_temperature" else key): value for key, value in saved["inference"].items()})
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(legacy))
+    assert run_eval(dataclasses.replace(cfg, limit=None), FakeAnswers().fns, lm=(None, None))["resumed"] == 5
     changed = eval_cfg(tmp_path, questions_file, bm25_index, scoring="nll_char")
-    with pytest.raises(ValueError, match=r"scoring: 'nll' -> 'nll_char'.*--overwrite"):
+    with pytest.raises(ValueError, match=r"inference.scoring: 'nll' -> 'nll_char'.*--overwrite"):
         run_eval(changed, FakeAnswers().fns, lm=(None, None))
     fake = FakeAnswers()
     run_eval(dataclasses.replace(changed, overwrite=True), fake.fns, lm=(None, None))
@@ -332,16 +351,17 @@ def test_eval_limit_and_settings_mismatch(tmp_path, questions_file, bm25_index):
 
 def test_eval_bad_input(tmp_path, questions_file, bm25_index, caplog):
     with pytest.raises(ValueError, match="--index is needed for --mode replug"):
-        EvalConfig(task="squad-open")
+        ecfg(task="squad-open")
     with pytest.raises(ValueError, match="--shots must be >= 0"):
-        EvalConfig(task="squad-open", mode="closed-book", shots=-1)
+        ecfg(task="squad-open", mode="closed-book", shots=-1)
     with pytest.raises(ValueError, match="--task 'nope' is unknown; valid: squad-open, nq-open"):
-        run_eval(EvalConfig(task="nope", mode="closed-book", output=str(tmp_path / "x")), FakeAnswers().fns, lm=(None, None))
+        run_eval(ecfg(task="nope", mode="closed-book", output=str(tmp_path / "x")), FakeAnswers().fns, lm=(None, None))
     with pytest.raises(ValueError, match="--template mmlu does not fit"):
         run_eval(eval_cfg(tmp_path, questions_file, bm25_index, template="mmlu"), FakeAnswers().fns, lm=(None, None))
     # k larger than the corpus (20 passages): a warning, and every passage comes back.
     with caplog.at_level(logging.WARNING):
-        big_k = dataclasses.replace(eval_cfg(tmp_path, questions_file, bm25_index, limit=1, output=str(tmp_path / "big-k")), k=50)
+        big_k = eval_cfg(tmp_path, questions_file, bm25_index, limit=1, output=str(tmp_path / "big-k"))
+        big_k = dataclasses.replace(big_k, inference=dataclasses.replace(big_k.inference, k=50))
         run_eval(big_k, FakeAnswers().fns, lm=(None, None))
     assert "larger than the corpus" in caplog.text
     rec = json.loads((tmp_path / "big-k" / "predictions.jsonl").read_text())
@@ -350,7 +370,7 @@ def test_eval_bad_input(tmp_path, questions_file, bm25_index, caplog):
 
 def test_eval_choice_task_closed_book_with_demos(tmp_path, data_dir):
     fake = FakeAnswers(choice_answer="true")
-    cfg = EvalConfig(task="fever", mode="closed-book", shots=2, data_dir=str(data_dir), output=str(tmp_path / "{task}-{mode}-{shots}"))
+    cfg = ecfg(task="fever", mode="closed-book", shots=2, data_dir=str(data_dir), output=str(tmp_path / "{task}-{mode}-{shots}"))
     report = run_eval(cfg, fake.fns, lm=(None, None))
     assert (tmp_path / "fever-closed-book-2" / "metrics.json").is_file()
     examples = get_task("fever", data_dir=data_dir).load()
@@ -363,22 +383,26 @@ def test_eval_choice_task_closed_book_with_demos(tmp_path, data_dir):
     assert call["demonstrations"] == [(d.question, d.label) for d in demos]
 
     mmlu = FakeAnswers(choice_answer="A")
-    report = run_eval(EvalConfig(task="mmlu", mode="closed-book", shots=1, data_dir=str(data_dir),
+    report = run_eval(ecfg(task="mmlu", mode="closed-book", shots=1, data_dir=str(data_dir),
                                  output=str(tmp_path / "mmlu")), mmlu.fns, lm=(None, None))
     assert report["metrics"]["accuracy"] == pytest.approx(100 / 3)
     assert mmlu.calls[0]["options"] == {"A": "106", "B": "156", "C": "206", "D": "306"}
     assert mmlu.calls[0]["demonstrations"] == [("anatomy demo 0?", "A", {"A": "w", "B": "x", "C": "y", "D": "z"})]
 
 
-def test_temperature_comes_from_flag_or_dense_manifest(tmp_path, passages_file, tiny_encoder_dir, bm25_index):
+def test_temperature_comes_from_flag_or_the_searcher(tmp_path, passages_file, tiny_encoder_dir, bm25_index, questions_file):
     from radit.config import EncoderConfig, IndexConfig
     from radit.retriever.index import build_index
 
     dense = build_index(IndexConfig(passages=str(passages_file), output=str(tmp_path / "dense"), device="cpu",
                                     encoder=EncoderConfig(preset="minilm", query_model=str(tiny_encoder_dir))))
-    value, source = resolve_temperature(EvalConfig(index=str(dense)))
-    assert value == 0.05 and "score_temperature" in source
-    assert resolve_temperature(EvalConfig(index=str(bm25_index), temperature=0.5)) == (0.5, "--temperature")
+    fake = FakeAnswers()
+    report = run_eval(eval_cfg(tmp_path, questions_file, dense, limit=1, output=str(tmp_path / "d")), fake.fns, lm=(None, None))
+    assert report["temperature"]["value"] == 0.05 and "score_temperature" in report["temperature"]["source"]
+    assert fake.calls[0]["retrieval_temperature"] == 0.05
+    report = run_eval(eval_cfg(tmp_path, questions_file, bm25_index, limit=1, retrieval_temperature=0.5,
+                               output=str(tmp_path / "b")), FakeAnswers().fns, lm=(None, None))
+    assert report["temperature"] == {"value": 0.5, "source": "--retrieval-temperature"}
 
 
 def test_summarize_and_torn_lines(tmp_path):
@@ -399,7 +423,7 @@ def test_summarize_and_torn_lines(tmp_path):
 
 
 def test_eval_with_tiny_llama_and_bm25(tmp_path, questions_file, bm25_index, tiny_lm_dir):
-    cfg = EvalConfig(task=f"qa-file:{questions_file}", model=str(tiny_lm_dir), index=str(bm25_index), k=3, limit=3,
+    cfg = ecfg(task=f"qa-file:{questions_file}", model=str(tiny_lm_dir), index=str(bm25_index), k=3, limit=3,
                      max_new_tokens=4, device="cpu", output=str(tmp_path / "run"))
     report = run_eval(cfg)
     assert report["n"] == 3 and set(report["metrics"]) == {"em", "f1"}
@@ -413,14 +437,14 @@ def test_eval_with_tiny_llama_and_bm25(tmp_path, questions_file, bm25_index, tin
 
 
 def test_eval_choice_tasks_with_tiny_llama(tmp_path, data_dir, bm25_index, tiny_lm_dir):
-    from radit.lm import load_lm
+    from radit.lm.model import load_lm
 
     lm = load_lm(str(tiny_lm_dir), device="cpu")
-    mmlu = run_eval(EvalConfig(task="mmlu", index=str(bm25_index), k=2, shots=1, data_dir=str(data_dir), device="cpu",
+    mmlu = run_eval(ecfg(task="mmlu", index=str(bm25_index), k=2, shots=1, data_dir=str(data_dir), device="cpu",
                                output=str(tmp_path / "mmlu")), lm=lm)
-    fever = run_eval(EvalConfig(task="fever", mode="closed-book", limit=2, data_dir=str(data_dir), device="cpu",
+    fever = run_eval(ecfg(task="fever", mode="closed-book", limit=2, data_dir=str(data_dir), device="cpu",
                                 output=str(tmp_path / "fever")), lm=lm)
-    cloze = run_eval(EvalConfig(task="mmlu", mode="closed-book", template="mmlu-cloze", shots=1, data_dir=str(data_dir),
+    cloze = run_eval(ecfg(task="mmlu", mode="closed-book", template="mmlu-cloze", shots=1, data_dir=str(data_dir),
                                 device="cpu", output=str(tmp_path / "cloze")), lm=lm)
     assert mmlu["n"] == 3 and fever["n"] == 2 and cloze["n"] == 3 and cloze["template"] == "mmlu-cloze v1"
     runs = ((tmp_path / "mmlu", ["A", "B", "C", "D"]), (tmp_path / "fever", ["true", "false"]), (tmp_path / "cloze", ["A", "B", "C", "D"]))
@@ -429,7 +453,7 @@ def test_eval_choice_tasks_with_tiny_llama(tmp_path, data_dir, bm25_index, tiny_
             assert rec["candidates"] == options and rec["prediction"] in options
             assert rec["correct"] == float(rec["prediction"] == rec["gold"][0])
     # Cloze scores each option's text after the bare question, with the correct option's text as the demonstration.
-    from radit.lm import continuation_logprobs
+    from radit.lm.scoring import continuation_logprobs
     from radit.prompts import get_template
 
     model, tokenizer = lm
@@ -444,7 +468,7 @@ def test_eval_choice_tasks_with_tiny_llama(tmp_path, data_dir, bm25_index, tiny_
     assert rec["mixed"] == pytest.approx(want, abs=1e-4)
     assert rec["prediction"] == "ABCD"[max(range(4), key=want.__getitem__)]
     with pytest.raises(ValueError, match="answer options"):
-        run_eval(EvalConfig(task="fever", mode="closed-book", template="mmlu-cloze", data_dir=str(data_dir),
+        run_eval(ecfg(task="fever", mode="closed-book", template="mmlu-cloze", data_dir=str(data_dir),
                             output=str(tmp_path / "bad")), lm=lm)
 
 
@@ -456,7 +480,7 @@ def test_eval_sample_is_a_fixed_random_subset_in_file_order(tmp_path, questions_
     assert reports[0]["n"] == 3 and ids[0] == ids[1]  # the same draw every time
     assert ids[0] == [order[i] for i in sorted(random.Random(0).sample(range(len(order)), 3))]
     with pytest.raises(ValueError, match="--sample and --limit"):
-        EvalConfig(task="squad-open", mode="closed-book", sample=3, limit=3)
+        ecfg(task="squad-open", mode="closed-book", sample=3, limit=3)
 
 
 def test_radit_eval_and_report_commands(tmp_path, questions_file, bm25_index, tiny_lm_dir, capsys):
@@ -498,7 +522,7 @@ def test_report_writes_table_and_chart(tmp_path, questions_file, bm25_index, dat
     qa = run_eval(eval_cfg(tmp_path, questions_file, bm25_index, output=str(tmp_path / "qa")), FakeAnswers().fns, lm=(None, None))
     closed = run_eval(eval_cfg(tmp_path, questions_file, None, mode="closed-book", output=str(tmp_path / "qa-cb")),
                       FakeAnswers().fns, lm=(None, None))
-    fever = run_eval(EvalConfig(task="fever", mode="closed-book", data_dir=str(data_dir), output=str(tmp_path / "fever")),
+    fever = run_eval(ecfg(task="fever", mode="closed-book", data_dir=str(data_dir), output=str(tmp_path / "fever")),
                      FakeAnswers(choice_answer="false").fns, lm=(None, None))
     cfg = ReportConfig(runs=[str(tmp_path / d) for d in ("qa", "qa-cb", "fever")], output=str(tmp_path / "report"))
     md = make_report([Path(r) for r in cfg.runs], Path(cfg.output))
@@ -537,7 +561,7 @@ def test_eval_long_question_and_k_over_the_corpus(tmp_path, bm25_index, tiny_lm_
     path = tmp_path / "long.jsonl"
     path.write_text(json.dumps({"id": "long", "question": long_question, "answers": ["Ming"]}) + "\n"
                     + json.dumps(QUESTIONS[0]) + "\n")
-    cfg = EvalConfig(task=f"qa-file:{path}", model=str(tiny_lm_dir), index=str(bm25_index), k=50, max_new_tokens=4,
+    cfg = ecfg(task=f"qa-file:{path}", model=str(tiny_lm_dir), index=str(bm25_index), k=50, max_new_tokens=4,
                      device="cpu", output=str(tmp_path / "run"))
     with caplog.at_level(logging.WARNING):
         report = run_eval(cfg)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from radit.answers import compile_answer_pattern, gold_answers
 from radit.eval.metrics import (
     answer_hit_at_k,
     exact_match,
@@ -45,3 +46,33 @@ def test_recall_and_mrr_accept_passage_or_document_labels():
     assert recall_at_k(retrieved, {"b", "c#0"}, [1, 2, 3]) == {1: 0.0, 2: 0.5, 3: 1.0}
     assert reciprocal_rank(retrieved, {"b"}) == 0.5
     assert reciprocal_rank(retrieved, {"z"}) == 0.0
+
+
+# --- regex answers (DPR's CuratedTREC): searched for, ignoring case, as DPR's regex_match ----------
+
+
+def test_regex_answers_em_f1_and_has_answer():
+    (oswald,) = gold_answers(["Lee\\s+Harvey\\s+Oswald"], "regex")
+    assert exact_match("lee  harvey OSWALD", [oswald]) == 1.0
+    assert exact_match("It was Lee Harvey Oswald, in 1963.", [oswald]) == 1.0  # search, not a match of the whole text
+    assert exact_match("Oswald", [oswald]) == 0.0
+    # F1 of a regex answer is its EM: a pattern has no tokens to overlap
+    assert f1_score("It was Lee Harvey Oswald", [oswald]) == 1.0 and f1_score("Harvey", [oswald]) == 0.0
+    assert has_answer("Passage: lee harvey oswald shot ...", [oswald])
+    assert not has_answer("Harvey Milk", [oswald])
+    assert answer_hit_at_k(["nothing", "Lee Harvey Oswald"], [oswald], [1, 2]) == {1: 0.0, 2: 1.0}
+
+
+def test_regex_is_not_read_as_text_and_text_is_not_read_as_regex():
+    # as text, "1[0-9]{3}" is the literal string; as a regex it matches any year 1000-1999
+    assert exact_match("1969", ["1[0-9]{3}"]) == 0.0
+    assert exact_match("1969", gold_answers(["1[0-9]{3}"], "regex")) == 1.0
+    assert gold_answers(["a.b"]) == ["a.b"] and not has_answer("axb", ["a.b"])
+    # strings and patterns may be mixed; the best one counts
+    mixed = ["Denver Broncos", compile_answer_pattern("panthers?")]
+    assert exact_match("the Carolina Panthers", mixed) == 1.0 and f1_score("Denver", mixed) == pytest.approx(2 / 3)
+
+
+def test_regex_answers_are_compared_in_nfd_like_dpr():
+    (cafe,) = gold_answers(["caf\u00e9"], "regex")  # composed é
+    assert has_answer("Un CAFE\u0301 cr\u00e8me", [cafe])  # decomposed É

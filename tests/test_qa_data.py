@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from radit.data.qa import QUICKSTART_DIR, QUICKSTART_SETS, Question, load_questions, quickstart_documents
+from radit.data.records import ReadStats
 
 SPLITS = ("train", "dev", "test")
 
@@ -167,7 +170,7 @@ GOOD = json.dumps({"question": "ok?", "answers": ["ok"]})
 @pytest.mark.parametrize(
     "bad_line, field, problem",
     [
-        ('{"question": "q", "answers": ["a"]', "line", "invalid JSON"),
+        ('{"question": "q", "answers": ["a"]', "record", "invalid JSON"),
         ('["q", "a"]', "record", "not an object"),
         ('{"answers": ["a"]}', "question", "missing"),
         ('{"question": "  ", "answers": ["a"]}', "question", "empty"),
@@ -221,7 +224,7 @@ def test_bad_tsv_names_file_line_and_field(tmp_path, bad_row, field, problem):
     # the first row is CSV-quoted and spans two lines, so the bad row is on line 4
     path = _write(tmp_path / "dev.tsv", f"q1\t['a']\n\"multi\nline\"\t['b']\n{bad_row}\n")
     with pytest.raises(ValueError) as e:
-        load_questions(str(path))
+        load_questions(str(path), multiline_fields=True)
     assert str(e.value).startswith(f"{path}:4: {field}: ")
     assert problem in str(e.value)
 
@@ -261,3 +264,153 @@ def test_build_script_reproduces_the_bundle(tmp_path):
     assert built == sorted(p.name for p in QUICKSTART_DIR.iterdir() if p.is_file())
     for name in built:
         assert (tmp_path / name).read_bytes() == (QUICKSTART_DIR / name).read_bytes(), name
+
+
+# --- quoting, parser limits and on_error="skip" -------------------------------------------------
+
+
+def test_unmatched_quote_in_a_tsv_spoils_only_its_row(tmp_path):
+    path = _write(tmp_path / "dev.tsv", "q1\t['a']\n\"q2 opens a quote\t['b']\nq3\t['c']\nq4\t['d']\n")
+    with pytest.raises(ValueError, match=r'dev\.tsv:2: question: a field opens with " and is not closed on its line; .*multiline_fields=True'):
+        load_questions(str(path))
+    stats = ReadStats()
+    qs = load_questions(str(path), on_error="skip", stats=stats)
+    # ids count the file's records, the bad one too, so skipping it leaves the others' ids unchanged
+    assert [(q.id, q.question) for q in qs] == [("dev-0", "q1"), ("dev-2", "q3"), ("dev-3", "q4")]
+    assert stats.kept == 3 and stats.skipped == {"unclosed_quote": 1}
+
+
+def test_multiline_tsv_field_is_refused_unless_allowed(tmp_path):
+    path = _write(tmp_path / "dev.tsv", "\"a question\nover two lines\"\t['x']\nq2\t['y']\n")
+    with pytest.raises(ValueError, match=r"dev\.tsv:1: question: .*not closed on its line"):
+        load_questions(str(path))
+    qs = load_questions(str(path), multiline_fields=True)
+    assert [(q.id, q.question, q.answers) for q in qs] == [("dev-0", "a question\nover two lines", ["x"]), ("dev-1", "q2", ["y"])]
+
+
+@pytest.mark.parametrize("on_error", ["error", "skip"])
+def test_quote_open_to_the_end_of_a_multiline_tsv_is_never_skipped(tmp_path, on_error):
+    path = _write(tmp_path / "dev.tsv", "q1\t['a']\nq2\t\"['b']\nq3\t['c']\n")
+    with pytest.raises(ValueError, match=r"dev\.tsv:2: answers: .*never closed.*swallowing every later row") as e:
+        load_questions(str(path), multiline_fields=True, on_error=on_error)
+    assert e.value.reason is None
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+LONG_INT = "7" * 5_000
+
+
+def _three_records(tmp_path: Path, ext: str, bad: str) -> Path:
+    records = ['{"question": "q0", "answers": ["a"]}', bad, '{"question": "q2", "answers": ["c"]}']
+    text = "\n".join(records) + "\n" if ext == ".jsonl" else "[\n" + ",\n".join(records) + "\n]\n"
+    return _write(tmp_path / f"qs{ext}", text)
+
+
+@pytest.mark.parametrize("ext", [".jsonl", ".json"])
+@pytest.mark.parametrize(
+    "bad, field, reason, problem",
+    [
+        (f'{{"question": "q1", "answers": ["b"], "x": {DEEP}}}', "record", "too_deep", "nested 100001 levels deep"),
+        (f'{{"question": "q1", "answers": ["b"], "x": {LONG_INT}}}', "record", "number_too_long", "more than 4300 digits"),
+        ('{"question": "q1", "answers": ["\\ud800"]}', "answers", "unpaired_surrogate", "unpaired surrogate \\ud800"),
+        ('{"question": "q1", "answers": ["b"], "note": "\\udc00"}', "note", "unpaired_surrogate", "unpaired surrogate"),
+    ],
+)
+def test_parser_limits_are_bad_records_that_skip_drops(tmp_path, caplog, ext, bad, field, reason, problem):
+    # Before: a RecursionError traceback, Python's ValueError without file or line, or a record that
+    # could not be written later; none of them skippable.
+    path = _three_records(tmp_path, ext, bad)
+    with pytest.raises(ValueError) as e:
+        load_questions(str(path))
+    where = f"{path}:2: " if ext == ".jsonl" else f"{path}:3 (record 1): "
+    assert str(e.value).startswith(f"{where}{field}: ") and problem in str(e.value) and "; " in str(e.value)
+    stats = ReadStats()
+    with caplog.at_level(logging.WARNING, logger="radit.data.qa"):
+        qs = load_questions(str(path), on_error="skip", stats=stats)
+    assert [q.question for q in qs] == ["q0", "q2"] and stats.skipped == {reason: 1}
+    (warning,) = caplog.records
+    assert f"{path}: skipped 1 bad records ({reason}: 1); the first: {where}" in warning.getMessage()
+
+
+def test_cut_off_jsonl_line_is_reported_at_its_end(tmp_path):
+    path = _write(tmp_path / "qs.jsonl", f'{GOOD}\n{{"question": "q", "answers": ["abc')
+    with pytest.raises(ValueError, match=r"qs\.jsonl:2: record: invalid JSON: cut off after column 34 inside a string opened at column 31"):
+        load_questions(str(path))
+
+
+def test_tsv_answers_too_deep_or_too_long_are_bad_records(tmp_path):
+    path = _write(tmp_path / "dev.tsv", f"q0\t['a']\nq1\t{'[' * 5000}\nq2\t['b', {LONG_INT}]\nq3\t['c']\n")
+    with pytest.raises(ValueError, match=r"dev\.tsv:2: answers: not a Python list literal"):
+        load_questions(str(path))
+    stats = ReadStats()
+    assert [q.question for q in load_questions(str(path), on_error="skip", stats=stats)] == ["q0", "q3"]
+    assert stats.skipped == {"bad_answers": 2}
+
+
+def test_skip_counts_reasons_and_respects_limit(tmp_path):
+    lines = [GOOD, "{bad", '{"question": ""}', '["not", "an object"]', GOOD.replace("ok?", "two?"),
+             '{"id": "qs-0", "question": "dup", "answers": ["x"]}', GOOD.replace("ok?", "three?")]
+    path = _write(tmp_path / "qs.jsonl", "\n".join(lines) + "\n")
+    stats = ReadStats()
+    qs = load_questions(str(path), on_error="skip", stats=stats)
+    assert [(q.id, q.question) for q in qs] == [("qs-0", "ok?"), ("qs-4", "two?"), ("qs-6", "three?")]
+    assert stats.skipped == {"invalid_json": 1, "empty_question": 1, "not_an_object": 1, "duplicate_id": 1}
+    assert stats.first_skipped.startswith(f"{path}:2: record: invalid JSON")
+    # records after the limit are not read, so they are not counted either
+    stats = ReadStats()
+    assert len(load_questions(str(path), limit=2, on_error="skip", stats=stats)) == 2
+    assert stats.skipped == {"invalid_json": 1, "empty_question": 1, "not_an_object": 1}
+
+
+def test_skip_never_skips_problems_of_the_whole_file(tmp_path):
+    broken = _write(tmp_path / "broken.json", f'[\n  {GOOD},\n  {{"question": }}\n]\n')
+    with pytest.raises(ValueError, match=r"broken\.json:3: file: invalid JSON"):
+        load_questions(str(broken), on_error="skip")
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(GOOD.encode() + b'\n{"question": "caf\xe9?", "answers": ["x"]}\n')
+    with pytest.raises(ValueError, match=r"latin1\.jsonl:2: file: byte 0xe9 is not UTF-8"):
+        load_questions(str(latin1), on_error="skip")
+    all_bad = _write(tmp_path / "all_bad.jsonl", "{bad\n[1]\n")
+    with pytest.raises(ValueError, match=r"every record was skipped \(invalid_json: 1, not_an_object: 1\)"):
+        load_questions(str(all_bad), on_error="skip")
+    with pytest.raises(ValueError, match="--on-error must be one of error, skip"):
+        load_questions(str(all_bad), on_error="ignore")
+
+
+# --- regular-expression answers (DPR's CuratedTREC) ----------------------------------------------
+
+
+def test_regex_answers_from_jsonl_field_or_tsv_option(tmp_path):
+    path = _write(tmp_path / "qs.jsonl", "\n".join([
+        json.dumps({"question": "Who?", "answers": ["Ed(ward)?\\s+Gein"], "answer_type": "regex"}),
+        json.dumps({"question": "What?", "answers": ["a.b"], "answer_type": "string"}),
+        json.dumps({"question": "When?", "answers": ["1999"]}),
+    ]) + "\n")
+    qs = load_questions(str(path))
+    assert [(q.answer_type, q.meta) for q in qs] == [("regex", {}), ("string", {}), ("string", {})]
+    (pattern,) = qs[0].gold_answers
+    assert isinstance(pattern, re.Pattern) and pattern.search("EDWARD  GEIN")
+    assert qs[1].gold_answers == ["a.b"]
+    # the option marks records that say nothing; a record's own answer_type wins
+    assert [q.answer_type for q in load_questions(str(path), answers_are_regex=True)] == ["regex", "string", "regex"]
+    # DPR's curatedtrec-test.txt: question<TAB>["regex", ...], backslashes and all
+    trec = _write(tmp_path / "curatedtrec-test.tsv", 'who killed Kennedy\t["Lee\\s+Harvey\\s+Oswald", "Oswald"]\n')
+    (q,) = load_questions(str(trec), answers_are_regex=True)
+    assert q.answers == ["Lee\\s+Harvey\\s+Oswald", "Oswald"] and q.answer_type == "regex"
+
+
+@pytest.mark.parametrize(
+    "record, field, reason, problem",
+    [
+        ({"question": "q", "answers": ["19[0-9"], "answer_type": "regex"}, "answers", "invalid_regex", "not a valid regular expression"),
+        ({"question": "q", "answers": ["x", "(a)?"], "answer_type": "regex"}, "answers", "invalid_regex", "item 1, '(a)?', matches an empty text"),
+        ({"question": "q", "answer": ["x"], "answer_type": "glob"}, "answer_type", "bad_answer_type", "'glob' is not one of string, regex"),
+    ],
+)
+def test_bad_regex_answers_name_file_line_and_field(tmp_path, record, field, reason, problem):
+    path = _write(tmp_path / "qs.jsonl", f"{GOOD}\n{json.dumps(record)}\n")
+    with pytest.raises(ValueError) as e:
+        load_questions(str(path))
+    assert str(e.value).startswith(f"{path}:2: {field}: ") and problem in str(e.value) and e.value.reason == reason
+    stats = ReadStats()
+    assert len(load_questions(str(path), on_error="skip", stats=stats)) == 1 and stats.skipped == {reason: 1}

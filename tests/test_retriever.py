@@ -14,9 +14,11 @@ from conftest import PASSAGES
 
 from radit.config import EncoderConfig, IndexConfig
 from radit.corpus import PassageStore
+from radit.retriever.bm25 import BM25Searcher
 from radit.retriever.encoder import Encoder, passage_input, pool, resolve_encoder_spec
-from radit.retriever.index import IndexMismatchError, build_index, read_manifest
-from radit.retriever.search import BM25Searcher, DenseSearcher, load_searcher
+from radit.retriever.index import build_index
+from radit.retriever.manifest import IndexMismatchError, read_manifest
+from radit.retriever.search import DenseSearcher, load_searcher
 
 QUESTIONS = ["who founded the Ming dynasty?", "when was the Eiffel Tower completed?", "how many keys does a piano have?"]
 
@@ -195,7 +197,8 @@ def test_bm25_finds_lexical_matches(tmp_path, passages_file):
 
 
 def test_exact_rerank_of_approximate_candidates_equals_exact_search(tmp_path, passages_file, tiny_encoder_dir):
-    from radit.retriever.index import ShardedVectors, rerank_exact
+    from radit.retriever.search import rerank_exact
+    from radit.retriever.shards import ShardedVectors
 
     # Pure function: re-ranking every row is an exact search.
     rng = np.random.default_rng(0)
@@ -219,6 +222,81 @@ def test_exact_rerank_of_approximate_candidates_equals_exact_search(tmp_path, pa
     np.testing.assert_allclose([[h.score for h in r] for r in a], [[h.score for h in r] for r in e], atol=1e-5)
 
     stacked = np.concatenate([np.load(p) for p in sorted((tmp_path / "flat" / "embeddings").glob("shard_*.npy"))])
-    gathered = ShardedVectors(tmp_path / "flat" / "embeddings", 3, 8)(np.array([[19, 0, 8], [7, -1, 16]]))
+    gathered = ShardedVectors(tmp_path / "flat" / "embeddings", 20, 8, 32)(np.array([[19, 0, 8], [7, -1, 16]]))
     np.testing.assert_array_equal(gathered[0], stacked[[19, 0, 8]])
     assert not gathered[1, 1].any()
+
+
+@pytest.mark.parametrize("embedding_dtype", ["float32", "float16"])
+def test_doc_vectors_reproduce_the_scores_of_a_flat_search(tmp_path, passages_file, tiny_encoder_dir, embedding_dtype):
+    out = build_index(index_cfg(passages_file, tmp_path / "idx", tiny_encoder_dir, embedding_dtype=embedding_dtype))
+    searcher = DenseSearcher(out, device="cpu")
+    q = searcher.encode_queries(QUESTIONS)  # [3, 32]
+    scores, rows = searcher.search_vectors(q, k=6)  # [3, 6] each
+    docs = searcher.doc_vectors(rows)  # [3, 6, 32]
+    assert docs.shape == (3, 6, 32) and docs.dtype == np.float32
+    np.testing.assert_allclose(np.einsum("qkd,qd->qk", docs, q), scores, atol=1e-5)
+    assert [[h.row for h in hits] for hits in searcher.search(QUESTIONS, k=6)] == rows.tolist()
+    assert not searcher.doc_vectors(np.array([-1])).any()  # no hit: a zero vector
+    with pytest.raises(IndexError, match="out of range"):
+        searcher.doc_vectors(np.array([20]))
+
+
+def test_searchers_own_the_retrieval_temperature(tmp_path, passages_file, tiny_encoder_dir):
+    from radit.retriever.hits import Searcher
+
+    dense = DenseSearcher(build_index(index_cfg(passages_file, tmp_path / "idx", tiny_encoder_dir)), device="cpu")
+    assert dense.retrieval_temperature == 0.05  # the minilm preset's
+    assert "score_temperature" in dense.retrieval_temperature_source and str(tmp_path / "idx") in dense.retrieval_temperature_source
+    bm25 = load_searcher(build_index(IndexConfig(passages=str(passages_file), output=str(tmp_path / "bm25"), backend="bm25")))
+    assert bm25.retrieval_temperature == 1.0 and "BM25" in bm25.retrieval_temperature_source
+    for searcher in (dense, bm25):
+        assert all(hasattr(searcher, name) for name in Searcher.__annotations__)
+
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    del manifest["encoder"]["score_temperature"]  # an index from before the temperature was recorded
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
+    legacy = DenseSearcher(tmp_path / "idx", device="cpu")
+    assert legacy.retrieval_temperature == 1.0 and "records no" in legacy.retrieval_temperature_source
+
+
+def test_dtype_auto_is_resolved_once_and_recorded(tmp_path, passages_file, tiny_encoder_dir):
+    from radit.runtime import resolve_dtype
+
+    out = build_index(index_cfg(passages_file, tmp_path / "idx", tiny_encoder_dir, dtype="auto"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dtype"] == resolve_dtype("auto", "cpu") and manifest["embedding_dtype"] == "float32"
+    assert "dtype: auto" not in (out / "config.yaml").read_text()
+    other = "bfloat16" if manifest["dtype"] == "float32" else "float32"
+    with pytest.raises(IndexMismatchError, match=f"dtype {manifest['dtype']} -> {other}"):
+        build_index(index_cfg(passages_file, out, tiny_encoder_dir, dtype=other))
+    enc = Encoder.load(str(tiny_encoder_dir), "mean", True, 64)
+    np.testing.assert_array_equal(enc.encode(["tea"], dtype="auto"), enc.encode(["tea"], dtype=manifest["dtype"]))
+
+
+def test_run_file_keeps_rows_and_reads_back(tmp_path, passages_file, tiny_encoder_dir):
+    from radit.retriever.search import read_run, write_run
+
+    searcher = DenseSearcher(build_index(index_cfg(passages_file, tmp_path / "idx", tiny_encoder_dir)), device="cpu")
+    results = searcher.search(QUESTIONS, k=4)
+    run = tmp_path / "run.jsonl"
+    write_run(run, ["q1", "q2", "q3"], QUESTIONS, results)
+    records = read_run(run)
+    assert [r.qid for r in records] == ["q1", "q2", "q3"] and records[1].question == QUESTIONS[1]
+    for rec, hits in zip(records, results):
+        assert rec.passage_ids == [h.id for h in hits] and rec.rows == [h.row for h in hits]
+        assert rec.scores == [h.score for h in hits]
+    np.testing.assert_allclose(searcher.doc_vectors(np.array(records[0].rows)) @ searcher.encode_queries(QUESTIONS[:1])[0],
+                               records[0].scores, atol=1e-5)
+
+    lines = run.read_text().splitlines()
+    old_style = json.loads(lines[0])
+    del old_style["rows"]  # run files written before rows were kept still read, without rows
+    (tmp_path / "old.jsonl").write_text(json.dumps(old_style) + "\n")
+    assert read_run(tmp_path / "old.jsonl")[0].rows is None
+    short_scores = '{"qid": "x", "question": "q", "passage_ids": ["a"], "scores": [1.0, 2.0]}'
+    for bad, problem in [("{oops", "invalid JSON"), ('{"qid": "x"}', "missing question, passage_ids, scores"),
+                         (short_scores, "passage_ids, scores differ in length")]:
+        (tmp_path / "bad.jsonl").write_text(lines[0] + "\n" + bad + "\n")
+        with pytest.raises(ValueError, match=rf"bad.jsonl:2: {problem}"):
+            read_run(tmp_path / "bad.jsonl")

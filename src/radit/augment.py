@@ -4,7 +4,9 @@ LM and the top-k retrieved chunks.
     radit ask --index runs/quickstart/index "who founded the Ming dynasty?" --k 3
 
     from radit.augment import answer_generative
-    pred = answer_generative(model, tokenizer, question, hits, get_template("qa"), temperature=0.05)
+    from radit.config import INFERENCE_MODES, InferenceConfig
+    settings = InferenceConfig(k=3, retrieval_temperature=0.05, dtype="float32")
+    pred = answer_generative(model, tokenizer, question, hits, get_template("qa"), settings)
 
 Each chunk is prepended to the prompt separately and the LM's outputs are mixed with the retriever's
 renormalised scores (Eq. 2):
@@ -26,24 +28,27 @@ forward per (chunk, candidate); it must choose the same answers as `answer_gener
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import textwrap
 from collections.abc import Mapping, Sequence
 
 import torch
 
-from radit.ensemble import choose, dedupe_candidates, mix_log_probs, retrieval_log_weights, token_mixture
-from radit.answers import answer_complete, extract_answer, normalize_answer
-from radit.lm.generate import eos_ids, greedy_from_prefill, greedy_generate
-from radit.lm.prefill import Prefill, logits_to_keep_supported, model_device, prefill, select_rows
-from radit.lm.scoring import SCORERS, continuation_logprobs, prefilled_logprobs, score, shared_prompt_logprobs
+from radit.answers import extract_answer, normalize_answer
+from radit.config import INFERENCE_MODES, InferenceConfig
+from radit.ensemble import choose, dedupe_candidates, mix_log_probs, retrieval_log_weights
+from radit.lm.generate import ensemble_from_prefill, greedy_from_prefill, greedy_generate
+from radit.lm.inputs import tokenize_continuations
+from radit.lm.model import context_length, model_device
+from radit.lm.prefill import prefill
+from radit.lm.scoring import candidate_logprobs, score
 from radit.prompts import Demonstration, PromptTemplate, comp_prompt, fit_background, to_model_text
-from radit.runtime import autocast
+from radit.runtime import resolve_dtype
 
 log = logging.getLogger(__name__)
 
-MODES = ("replug", "top1", "concat", "closed-book")
+MODES = INFERENCE_MODES
+"""`replug`, `top1`, `concat`, `closed-book` (documented on `radit.config.InferenceConfig.mode`)."""
 
 # A rescored answer is `answer_prefix + answer`, re-tokenised: it can come out a few tokens longer
 # than the tokens it was decoded as. Keeping this much more room than `max_new_tokens` means the
@@ -89,11 +94,6 @@ def chunk_text(hit) -> str:
     return f"{title}: {hit.text}" if title else hit.text
 
 
-def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-
-
 def build_prompts(
     template: PromptTemplate,
     question: str,
@@ -118,7 +118,8 @@ def build_prompts(
             demonstrations are never cut.
         stats: if given, `stats["truncated"]` is increased by the number of Backgrounds cut.
     """
-    _check_mode(mode)
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
     if not question.strip():
         raise ValueError("the question is empty")
     if (budget_tokens is None) != (count_tokens is None):
@@ -156,13 +157,12 @@ class _Prompts:
     truncated: int
 
 
-def _prepare(model, tokenizer, question, hits, template, mode, temperature, k, demonstrations, choices, reserve) -> _Prompts:
+def _prepare(model, tokenizer, question, hits, template, settings: InferenceConfig, demonstrations, choices,
+             reserve: int) -> _Prompts:
     """Prompts fitted to the model's context (keeping `reserve` tokens for the answer) and their log p_R."""
-    _check_mode(mode)
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    used = [] if mode == "closed-book" else list(hits or [])[: 1 if mode == "top1" else k]
-    limit = getattr(model.config, "max_position_embeddings", None)
+    mode = settings.mode
+    used = [] if mode == "closed-book" else list(hits or [])[: 1 if mode == "top1" else settings.k]
+    limit = context_length(model)
     budget = None if limit is None else limit - reserve
     if budget is not None and budget < 1:
         raise ValueError(f"the model's context ({limit} tokens) leaves no room for a prompt and {reserve} answer tokens")
@@ -174,39 +174,26 @@ def _prepare(model, tokenizer, question, hits, template, mode, temperature, k, d
     )
     prompts = [to_model_text(template, prompt, tokenizer) for prompt in prompts]
     if len(prompts) > 1:
+        if settings.retrieval_temperature is None:
+            raise ValueError(
+                f"{len(prompts)} prompts are mixed by p_R = softmax(s / T) but settings.retrieval_temperature is None; "
+                "resolve it first (--retrieval-temperature, or the index's own: the searcher's retrieval_temperature)"
+            )
         scores = torch.tensor([float(h.score) for h in used], dtype=torch.float64)
-        log_weights = retrieval_log_weights(scores, temperature)  # [k]
+        log_weights = retrieval_log_weights(scores, settings.retrieval_temperature)  # [k]
     else:
-        retrieval_log_weights(torch.zeros(1), temperature)  # still reject a bad temperature
-        log_weights = torch.zeros(1, dtype=torch.float64)
+        log_weights = torch.zeros(1, dtype=torch.float64)  # one prompt: p_R = 1 whatever the temperature
     return _Prompts(prompts, log_weights, [h.id for h in used], stats["truncated"])
-
-
-def _logprob_matrix(model, tokenizer, prompts, continuations, dtype, naive, pre: Prefill | None = None) -> list[list[torch.Tensor]]:
-    """[prompts][continuations] per-token log-probs: the continuations on the prompts' KV cache (`pre`,
-    or a new prefill), or (naive) one full forward per pair."""
-    if naive:
-        return [continuation_logprobs(model, tokenizer, [p] * len(continuations), continuations, batch_size=1, dtype=dtype)
-                for p in prompts]
-    if pre is None:
-        longest = max(len(x) for x in tokenizer(list(continuations), add_special_tokens=False)["input_ids"])
-        pre = prefill(model, tokenizer, prompts, reserve=longest, dtype=dtype)
-    return prefilled_logprobs(model, tokenizer, pre, continuations, dtype=dtype)
 
 
 def _score_matrix(model, tokenizer, prompts, candidates, template, scoring, dtype, naive, pre=None) -> torch.Tensor:
     """[P, C] score of each candidate after each prompt, by the `scoring` normalisation (App. B)."""
-    if scoring not in SCORERS:
-        raise ValueError(f"unknown scoring {scoring!r}; valid: {', '.join(SCORERS)}")
     continuations = [template.continuation(c) for c in candidates]
-    logprobs = _logprob_matrix(model, tokenizer, prompts, continuations, dtype, naive, pre)
+    logprobs = candidate_logprobs(model, tokenizer, prompts, continuations, dtype=dtype, naive=naive, pre=pre)
     comp: list = [None] * len(candidates)
     if scoring == "nll_comp":
         context = to_model_text(template, comp_prompt(template), tokenizer)
-        if naive:
-            (comp,) = _logprob_matrix(model, tokenizer, [context], continuations, dtype, naive)
-        else:
-            comp = shared_prompt_logprobs(model, tokenizer, context, continuations, dtype=dtype)
+        (comp,) = candidate_logprobs(model, tokenizer, [context], continuations, dtype=dtype, naive=naive)
     return torch.tensor(
         [[score(lp, cand, scoring, c) for lp, cand, c in zip(row, candidates, comp)] for row in logprobs],
         dtype=torch.float64,
@@ -219,43 +206,41 @@ def _mix(scores: torch.Tensor, log_weights: torch.Tensor) -> tuple[list[float], 
     return mixed[0].tolist(), int(choose(mixed)[0])
 
 
-def _check_hits(hits, mode: str) -> None:
-    if mode != "closed-book" and not hits:
-        raise ValueError(f"mode {mode!r} needs retrieved chunks; use mode 'closed-book' to answer without")
-
-
-def _answer_generative(model, tokenizer, question, hits, template, *, mode, temperature, scoring, k,
-                       demonstrations, max_new_tokens, dtype, naive, token_level=False) -> Prediction:
-    _check_hits(hits, mode)
+def _answer_generative(model, tokenizer, question, hits, template, settings: InferenceConfig, demonstrations,
+                       naive: bool) -> Prediction:
     if template.choices is not None:
         raise ValueError(f"template {template.name!r} is multiple choice; use answer_choice")
-    p = _prepare(model, tokenizer, question, hits, template, mode, temperature, k, demonstrations, None,
-                 reserve=max_new_tokens + _RESCORE_SLACK)
+    if naive and settings.token_level:
+        raise ValueError("answer_naive has no token-level version; use answer_generative for token_level=True")
+    dtype = resolve_dtype(settings.dtype, model_device(model))
+    budget = settings.max_new_tokens
+    reserve = budget + _RESCORE_SLACK
+    p = _prepare(model, tokenizer, question, hits, template, settings, demonstrations, None, reserve)
     # The question's prompts are read once, as one batch: decoding and rescoring both continue from
     # their KV cache. The naive reference decodes one prompt at a time and rescores with full forwards.
-    pre = None if naive else prefill(model, tokenizer, p.prompts, reserve=max_new_tokens + _RESCORE_SLACK, dtype=dtype)
-    if token_level:
-        text = _token_level_generate(model, tokenizer, pre, p.log_weights, max_new_tokens, dtype)
+    pre = None if naive else prefill(model, tokenizer, p.prompts, reserve=reserve, dtype=dtype)
+    if settings.token_level:
+        text = ensemble_from_prefill(model, tokenizer, pre, p.log_weights, budget, dtype, stop_at_answer_end=True)
         chunk_answers: list[str] = []
         candidates = dedupe_candidates([extract_answer(text)], normalize_answer)
     else:
         if naive:
-            texts = greedy_generate(model, tokenizer, p.prompts, max_new_tokens=max_new_tokens, batch_size=1,
+            texts = greedy_generate(model, tokenizer, p.prompts, max_new_tokens=budget, batch_size=1,
                                     dtype=dtype, stop_at_answer_end=True)
         else:
-            texts = greedy_from_prefill(model, tokenizer, pre, max_new_tokens=max_new_tokens, dtype=dtype,
+            texts = greedy_from_prefill(model, tokenizer, pre, max_new_tokens=budget, dtype=dtype,
                                         stop_at_answer_end=True)
         chunk_answers = [extract_answer(t) for t in texts]
         candidates = dedupe_candidates(chunk_answers, normalize_answer)
     if not candidates:
         log.warning("no prompt gave a non-empty answer to %r", question)
         return Prediction(question, "", [], [], chunk_answers, p.log_weights.exp().tolist(), p.passage_ids,
-                          [[] for _ in p.prompts], mode, scoring, p.truncated)
+                          [[] for _ in p.prompts], settings.mode, settings.scoring, p.truncated)
     # Eq. 2 needs every candidate under every chunk, including the chunks that decoded another answer.
-    scores = _score_matrix(model, tokenizer, p.prompts, candidates, template, scoring, dtype, naive, pre)
+    scores = _score_matrix(model, tokenizer, p.prompts, candidates, template, settings.scoring, dtype, naive, pre)
     mixed, best = _mix(scores, p.log_weights)
     return Prediction(question, candidates[best], candidates, mixed, chunk_answers, p.log_weights.exp().tolist(),
-                      p.passage_ids, scores.tolist(), mode, scoring, p.truncated)
+                      p.passage_ids, scores.tolist(), settings.mode, settings.scoring, p.truncated)
 
 
 def answer_generative(
@@ -264,147 +249,104 @@ def answer_generative(
     question: str,
     hits: Sequence | None,
     template: PromptTemplate,
-    *,
-    mode: str = "replug",
-    temperature: float = 1.0,
-    scoring: str = "nll",
-    k: int = 10,
+    settings: InferenceConfig,
     demonstrations: Sequence[Demonstration] = (),
-    max_new_tokens: int = 32,
-    dtype: str = "float32",
-    token_level: bool = False,
 ) -> Prediction:
     """Answer an open question with the retrieval-augmented ensemble (App. B, generation tasks).
 
     The k prompts run once as one batch (`radit.lm.prefill.prefill`); they decode greedily from that
     KV cache (stopping each at the end of its first answer line), and each distinct answer is then
-    scored under every prompt on the same cache (`prefilled_logprobs`), normalised by `scoring`,
-    mixed with p_R = softmax(hit scores / temperature) and the argmax is returned.
+    scored under every prompt on the same cache (`radit.lm.scoring.candidate_logprobs`), normalised
+    by `settings.scoring`, mixed with p_R = softmax(hit scores / T) and the argmax is returned.
+
+    With `settings.token_level`, REPLUG's token-level ensemble instead: at each step the k next-token
+    distributions are mixed with p_R (`radit.lm.generate.ensemble_from_prefill`) and the argmax
+    token is fed to all k prompts; one answer comes out (`chunk_answers` is empty) and is then
+    scored like a sequence-level candidate.
 
     Args:
-        model, tokenizer: a causal LM and its tokenizer (`radit.lm.load_lm`).
+        model, tokenizer: a causal LM and its tokenizer (`radit.lm.model.load_lm`).
         question: the question text.
         hits: the retrieved chunks in rank order (`radit.retriever.search.Hit`: `.score`, `.text`,
-            `.title`, `.id`); the first `k` are used. None or [] for closed-book.
-        template: the task prompt (`radit.prompts.get_template("qa")`).
-        mode: one of `MODES`.
-        temperature: p_R temperature (the index's encoder preset `score_temperature`; 1 for BM25
-            and DRAGON+).
-        scoring: `nll`, `nll_token`, `nll_char` or `nll_comp` (`radit.lm.scoring.SCORERS`).
-        k: chunks used (replug, concat).
+            `.title`, `.id`); the first `settings.k` are used. None or [] for closed-book.
+        template: the task prompt, resolved (`radit.prompts.resolve_template(settings.template)`);
+            `settings.template` itself is not read.
+        settings: mode, k, scoring, max_new_tokens, token_level and dtype, resolved by the caller:
+            `retrieval_temperature` set (the index's own unless overridden; it may stay None only
+            when a single prompt is used). `dtype` may still be `auto` (resolved here for the
+            model's device).
         demonstrations: in-context (question, answer) examples, rendered after the Background.
-        max_new_tokens: decoding budget per prompt.
-        dtype: autocast precision.
-        token_level: REPLUG's token-level ensemble instead: at each step the k next-token
-            distributions are mixed with p_R (`radit.ensemble.token_mixture`) and the argmax token is
-            fed to all k prompts; one answer comes out (`chunk_answers` is empty) and is then scored
-            like a sequence-level candidate.
+
+    Raises:
+        ValueError: with a multiple-choice template, without hits outside closed-book, or when
+            several prompts are mixed and `settings.retrieval_temperature` is None.
     """
-    return _answer_generative(model, tokenizer, question, hits, template, mode=mode, temperature=temperature,
-                              scoring=scoring, k=k, demonstrations=demonstrations, max_new_tokens=max_new_tokens,
-                              dtype=dtype, naive=False, token_level=token_level)
+    return _answer_generative(model, tokenizer, question, hits, template, settings, demonstrations, naive=False)
 
 
-def answer_naive(model, tokenizer, question: str, hits: Sequence | None, template: PromptTemplate, **kwargs) -> Prediction:
+def answer_naive(
+    model,
+    tokenizer,
+    question: str,
+    hits: Sequence | None,
+    template: PromptTemplate,
+    settings: InferenceConfig,
+    demonstrations: Sequence[Demonstration] = (),
+) -> Prediction:
     """`answer_generative` done the obvious way, the oracle and baseline for the batched version.
 
-    Takes the same arguments (without `token_level`). Decodes the prompts one at a time and scores
-    each (chunk, candidate) pair with its own full forward (`continuation_logprobs(batch_size=1)`).
-    Same answers; scores equal up to float rounding.
+    Same arguments (`settings.token_level` must be False). Decodes the prompts one at a time with
+    `model.generate` and scores each (chunk, candidate) pair with its own full forward
+    (`candidate_logprobs(naive=True)`). Same answers; scores equal up to float rounding.
     """
-    # answer_generative's keyword arguments and defaults, so the two cannot drift apart.
-    options = {name: param.default for name, param in inspect.signature(answer_generative).parameters.items()
-               if param.kind is inspect.Parameter.KEYWORD_ONLY and name != "token_level"}
-    unknown = set(kwargs) - set(options)
-    if unknown:
-        raise TypeError(f"answer_naive() got unexpected keyword argument(s) {sorted(unknown)}")
-    return _answer_generative(model, tokenizer, question, hits, template, **{**options, **kwargs}, naive=True)
+    return _answer_generative(model, tokenizer, question, hits, template, settings, demonstrations, naive=True)
 
 
 def answer_choice(
     model,
     tokenizer,
     question: str,
-    options: Mapping[str, str] | Sequence[str] | None,
+    choices: Mapping[str, str] | Sequence[str] | None,
     hits: Sequence | None,
     template: PromptTemplate,
-    *,
-    mode: str = "replug",
-    temperature: float = 1.0,
-    scoring: str = "nll",
-    k: int = 10,
+    settings: InferenceConfig,
     demonstrations: Sequence[Demonstration] = (),
-    dtype: str = "float32",
 ) -> Prediction:
     """Answer a multiple-choice question with the ensemble (App. B): mix each option's score, argmax.
 
     Args:
-        options: a mapping label -> option text (MMLU: {"A": ..., "D": ...}): the texts fill the
+        choices: a mapping label -> option text (MMLU: {"A": ..., "D": ...}): the texts fill the
             template's `{choices}` and the labels are scored, or, with a template without
             `{choices}` (cloze, e.g. `mmlu-cloze`), each option's text is scored and its label
             returned; or a list of answers scored as they are (FEVER: ["true", "false"]); None takes
             `template.answer_options`.
+        settings: as for `answer_generative` (mode, k, scoring, retrieval_temperature and dtype are
+            read; max_new_tokens and token_level do not apply).
         Others: as for `answer_generative`.
     """
-    _check_hits(hits, mode)
-    if options is None:
-        options = template.answer_options
-        if options is None:
-            raise ValueError(f"template {template.name!r} has no answer_options; pass the options")
-    choices: Mapping[str, str] | None = None
-    if isinstance(options, Mapping) and template.choices is None:
+    if choices is None:
+        choices = template.answer_options
+        if choices is None:
+            raise ValueError(f"template {template.name!r} has no answer_options; pass the choices")
+    listed: Mapping[str, str] | None = None  # what fills the template's {choices}
+    if isinstance(choices, Mapping) and template.choices is None:
         # Cloze: the options are not listed in the prompt; each option's text is scored as the answer.
-        labels, scored = list(options), [options[label] for label in options]
-    elif isinstance(options, Mapping):
-        choices, labels = dict(options), list(options)
+        labels, scored = list(choices), [choices[label] for label in choices]
+    elif isinstance(choices, Mapping):
+        listed, labels = dict(choices), list(choices)
         scored = labels
     else:
-        labels = scored = list(options)
+        labels = scored = list(choices)
     if not labels:
         raise ValueError("no options to choose from")
-    candidates = labels
-    longest = max(len(tokenizer(template.continuation(c), add_special_tokens=False)["input_ids"]) for c in scored)
-    p = _prepare(model, tokenizer, question, hits, template, mode, temperature, k, demonstrations, choices, reserve=longest)
-    scores = _score_matrix(model, tokenizer, p.prompts, scored, template, scoring, dtype, naive=False)
+    dtype = resolve_dtype(settings.dtype, model_device(model))
+    longest = max(len(c) for c in tokenize_continuations(tokenizer, [template.continuation(c) for c in scored]))
+    p = _prepare(model, tokenizer, question, hits, template, settings, demonstrations, listed, reserve=longest)
+    scores = _score_matrix(model, tokenizer, p.prompts, scored, template, settings.scoring, dtype, naive=False)
     mixed, best = _mix(scores, p.log_weights)
-    chunk_answers = [candidates[int(row.argmax())] for row in scores]
-    return Prediction(question, candidates[best], candidates, mixed, chunk_answers, p.log_weights.exp().tolist(),
-                      p.passage_ids, scores.tolist(), mode, scoring, p.truncated)
-
-
-def _token_level_generate(model, tokenizer, pre: Prefill, log_weights, max_new_tokens, dtype) -> str:
-    """REPLUG token-level ensemble on the prefilled prompts: each step mixes the k next-token
-    distributions with p_R and feeds the argmax token to every row.
-
-    Stops at an eos token or at the end of the first answer line (as `greedy_generate` does with
-    `stop_at_answer_end`).
-    """
-    device = model_device(model)
-    n = len(pre.ids)
-    cache = select_rows(pre.cache, torch.arange(n))
-    mask, positions = pre.attention_mask, pre.lengths[:, None].clone()
-    log_w = log_weights.to(torch.float32).to(device)
-    next_lp = pre.next_logprobs  # [k, V]
-    stop = eos_ids(model, tokenizer)
-    keep = {"logits_to_keep": 1} if logits_to_keep_supported(model) else {}
-    generated: list[int] = []
-    with torch.inference_mode(), autocast(device, dtype):
-        for step in range(max_new_tokens):
-            mixture = token_mixture(next_lp, log_w)
-            if step == 0 and stop:  # as greedy_generate's min_new_tokens=1: never an empty answer
-                mixture[sorted(stop)] = float("-inf")
-            token = int(mixture.argmax())
-            if token in stop:
-                break
-            generated.append(token)
-            if answer_complete(tokenizer.decode(generated, skip_special_tokens=True)) or step == max_new_tokens - 1:
-                break
-            mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=mask.device)], dim=1)
-            out = model(input_ids=torch.full((n, 1), token, dtype=torch.long, device=device),
-                        attention_mask=mask, position_ids=positions.to(device), cache=cache, use_cache=True, **keep)
-            positions += 1
-            next_lp = out.logits[:, -1].float().log_softmax(-1)
-    return tokenizer.decode(generated, skip_special_tokens=True)
+    chunk_answers = [labels[int(row.argmax())] for row in scores]
+    return Prediction(question, labels[best], labels, mixed, chunk_answers, p.log_weights.exp().tolist(),
+                      p.passage_ids, scores.tolist(), settings.mode, settings.scoring, p.truncated)
 
 
 def format_prediction(pred: Prediction, hits: Sequence | None = None, width: int = 40) -> str:

@@ -25,9 +25,8 @@ from radit.config import (
     QuickstartConfig,
     ReportConfig,
     SearchConfig,
-    add_arguments,
-    build_config,
 )
+from radit.config_io import add_arguments, build_config
 
 log = logging.getLogger("radit")
 
@@ -62,14 +61,19 @@ def cmd_search(cfg: SearchConfig) -> int:
         raise ValueError("give a question (radit search --index DIR \"question\") or --queries FILE --output RUN")
     if any(not q.strip() for q in cfg.query):
         raise ValueError("an empty question was given; pass the question text in quotes")
-    searcher = load_searcher(cfg.index, query_encoder=cfg.query_encoder, device=cfg.device)
+    questions = []
+    if cfg.queries:
+        from radit.artifacts import check_output_target
+        from radit.data.qa import load_questions
+
+        check_output_target(cfg.output)  # a folder at --output fails now, not after every query is searched
+
+        questions = load_questions(cfg.queries, on_error=cfg.on_error)
+    searcher = load_searcher(cfg.index, query_encoder=cfg.query_encoder, device=cfg.device, verify=cfg.verify)
     if cfg.query:
         for query, hits in zip(cfg.query, searcher.search(cfg.query, cfg.k)):
             print(format_hits(query, hits))
     if cfg.queries:
-        from radit.data.qa import load_questions
-
-        questions = load_questions(cfg.queries)
         results = search_batched(searcher, [q.question for q in questions], cfg.k, batch_size=cfg.batch_size)
         write_run(cfg.output, [q.id for q in questions], [q.question for q in questions], results)
         print(f"run file with top-{cfg.k} for {len(questions)} queries -> {cfg.output}")
@@ -91,9 +95,10 @@ def cmd_eval(cfg: EvalConfig) -> int:
     from radit.eval.harness import resolve_output, run_eval
 
     report = run_eval(cfg)
+    inf = cfg.inference
     scores = ", ".join(f"{name} {value:.2f}" for name, value in report["metrics"].items())
-    where = "closed-book" if cfg.mode == "closed-book" else f"{cfg.mode} k={cfg.k}"
-    print(f"{report['task']} ({where}, {cfg.shots}-shot, {report['template']}, {cfg.scoring}): {scores} over {report['n']} questions")
+    where = "closed-book" if inf.mode == "closed-book" else f"{inf.mode} k={inf.k}"
+    print(f"{report['task']} ({where}, {cfg.shots}-shot, {report['template']}, {inf.scoring}): {scores} over {report['n']} questions")
     if report.get("truncated_prompts"):
         print(f"  {report['truncated_prompts']} prompts had their Background shortened to fit the model's context "
               f"({report['questions_with_truncation']} questions)")
@@ -123,9 +128,63 @@ def cmd_models(cfg: ModelsConfig) -> int:
 
 
 def cmd_quickstart(cfg: QuickstartConfig) -> int:
-    from radit.quickstart import run_quickstart
+    """bundled documents -> passages -> MiniLM index -> retrieval eval -> a sample question.
 
-    run_quickstart(cfg)
+    Each stage writes its files under --output and is skipped when they are already complete, so an
+    interrupted quickstart continues where it stopped.
+    """
+    import gzip
+    import itertools
+
+    from radit.artifacts import atomic_open, atomic_write_json
+    from radit.config_io import save_yaml
+    from radit.corpus import build_passages
+    from radit.data.qa import quickstart_documents
+    from radit.eval.retrieval import evaluate_retrieval
+    from radit.retriever.index import build_index
+    from radit.retriever.manifest import MANIFEST
+    from radit.retriever.search import format_hits, load_searcher
+
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "config.yaml")
+
+    documents = quickstart_documents()
+    if cfg.limit is not None:
+        subset = out / f"documents.first{cfg.limit}.jsonl"
+        if not subset.is_file():
+            with gzip.open(documents, "rt", encoding="utf-8") as f, atomic_open(subset) as g:
+                g.writelines(itertools.islice(f, cfg.limit))
+        documents = subset
+
+    passages = out / "passages.jsonl"
+    if passages.is_file():
+        log.info("[1/4] passages: reusing %s", passages)
+    else:
+        log.info("[1/4] passages: chunking the bundled corpus")
+        stats = build_passages(CorpusConfig(inputs=[str(documents)], output=str(passages)))
+        log.info("%d documents -> %d passages", stats.documents, stats.passages)
+
+    index_dir = out / "index"
+    if (index_dir / MANIFEST).is_file():
+        log.info("[2/4] index: reusing %s", index_dir)
+    else:
+        log.info("[2/4] index: embedding passages with all-MiniLM-L6-v2")
+        build_index(IndexConfig(passages=str(passages), output=str(index_dir), device=cfg.device, dtype=cfg.dtype))
+
+    log.info("[3/4] retrieval eval on the bundled SQuAD-open test questions")
+    report = evaluate_retrieval(EvalRetrievalConfig(index=str(index_dir), questions="quickstart:squad-open/test",
+                                                    output=str(out / "eval-retrieval"), device=cfg.device))
+    print(f"\nanswer-hit@k on {report['n']} SQuAD-open test questions (MiniLM, exact search):")
+    print("  " + "  ".join(f"{k}={v:.1f}" for k, v in report["metrics"].items() if k.startswith("answer_hit")))
+
+    log.info("[4/4] a sample question")
+    searcher = load_searcher(index_dir, device=cfg.device)
+    hits = searcher.search([cfg.query], 3)[0]
+    print("\n" + format_hits(cfg.query, hits))
+    summary = {"passages": str(passages), "index": str(index_dir), "retrieval": report["metrics"]}
+    atomic_write_json(out / "summary.json", summary)
+    print(f"\nall outputs in {out}/ (summary.json, eval-retrieval/metrics.json)")
     return 0
 
 
@@ -134,16 +193,15 @@ def cmd_ask(cfg: AskConfig) -> int:
 
     from radit.augment import answer_choice, answer_generative, format_prediction
     from radit.lm.model import load_lm
-    from radit.prompts import TEMPLATES, PromptTemplate, get_template
+    from radit.prompts import resolve_template
+    from radit.runtime import resolve_device, resolve_dtype
 
     if not cfg.query:
         raise ValueError('give a question: radit ask --index DIR "question"')
     if any(not q.strip() for q in cfg.query):
         raise ValueError("an empty question was given; pass the question text in quotes")
-    if cfg.template not in TEMPLATES and Path(cfg.template).is_dir():
-        template = PromptTemplate.load(cfg.template)  # a fine-tuned checkpoint's own template
-    else:
-        template = get_template(cfg.template)
+    inf = cfg.inference
+    template = resolve_template(inf.template or "qa")
     if template.choices is not None:
         raise ValueError(f"--template {template.name} needs multiple-choice options, which radit ask does not take; "
                          "use an open-answer template (qa, qa-short) or one with fixed answers (fever)")
@@ -152,26 +210,24 @@ def cmd_ask(cfg: AskConfig) -> int:
         from radit.data.qa import load_questions
 
         demonstrations = [(q.question, q.answers[0]) for q in load_questions(cfg.demos, limit=cfg.shots, require_answers=True)]
-    if cfg.mode == "closed-book":
+    if inf.mode == "closed-book":
         results = [[] for _ in cfg.query]
-        temperature = cfg.temperature or 1.0
+        temperature = inf.retrieval_temperature or 1.0
     else:
         from radit.retriever.search import load_searcher
 
-        searcher = load_searcher(cfg.index, query_encoder=cfg.query_encoder, device=cfg.device)
-        results = searcher.search(cfg.query, 1 if cfg.mode == "top1" else cfg.k)
-        spec = getattr(searcher, "spec", None)  # dense: the encoder preset's p_R temperature; BM25: none
-        temperature = cfg.temperature if cfg.temperature is not None else getattr(spec, "score_temperature", 1.0)
-    model, tokenizer = load_lm(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    common = dict(mode=cfg.mode, temperature=temperature, scoring=cfg.scoring, k=cfg.k,
-                  demonstrations=demonstrations, dtype=cfg.dtype)
+        searcher = load_searcher(cfg.index, query_encoder=cfg.query_encoder, device=cfg.device, verify=cfg.verify)
+        results = searcher.search(cfg.query, 1 if inf.mode == "top1" else inf.k)
+        temperature = inf.retrieval_temperature or searcher.retrieval_temperature
+    dtype = resolve_dtype(inf.dtype, resolve_device(cfg.device))
+    settings = dataclasses.replace(inf, template=template.name, retrieval_temperature=temperature, dtype=dtype)
+    model, tokenizer = load_lm(cfg.model, device=cfg.device, dtype=dtype)
     for i, (query, hits) in enumerate(zip(cfg.query, results)):
         t0 = time.perf_counter()
         if template.answer_options is not None:
-            pred = answer_choice(model, tokenizer, query, None, hits, template, **common)
+            pred = answer_choice(model, tokenizer, query, None, hits, template, settings, demonstrations=demonstrations)
         else:
-            pred = answer_generative(model, tokenizer, query, hits, template, max_new_tokens=cfg.max_new_tokens,
-                                     token_level=cfg.token_level, **common)
+            pred = answer_generative(model, tokenizer, query, hits, template, settings, demonstrations=demonstrations)
         if i:
             print()
         print(format_prediction(pred, hits))
@@ -217,12 +273,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_QUIET_SET: dict[str, bool] = {}  # the progress-bar switches a -q run turned on
+
+
+def configure_output(quiet: bool = False, verbose: bool = False) -> None:
+    """radit's own log lines at INFO (DEBUG with -v, WARNING with -q); libraries at WARNING unless -v;
+    with -q no progress bar at all, radit's or a library's."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("radit").setLevel(level)
+    # FAISS logs which SIMD build it loaded at INFO; transformers and huggingface_hub talk a lot too.
+    for name in ("faiss", "transformers", "huggingface_hub", "accelerate", "bm25s", "sentence_transformers"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "debug" if verbose else "error")
+    # Set for this command only: a later in-process call (tests, notebooks) without -q gets its bars back.
+    for var in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        if quiet:
+            os.environ[var] = "1"
+        elif os.environ.get(var) == "1" and _QUIET_SET.get(var):
+            del os.environ[var]
+        _QUIET_SET[var] = quiet
+    # tqdm reads TQDM_DISABLE when it is first imported; a library imported earlier in this process
+    # (transformers draws a bar while it loads weights) needs its own switch.
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar() if quiet else hf_logging.enable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = logging.DEBUG if args._verbose else logging.WARNING if args._quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if args._quiet:
-        os.environ["TQDM_DISABLE"] = "1"
+    configure_output(quiet=args._quiet, verbose=args._verbose)
     command = COMMANDS[args.command]
     try:
         cfg = build_config(command.config, args, args._config)

@@ -8,8 +8,15 @@ per paragraph) or a Wikipedia vital-articles `summaries.json` (one document per 
 holds one JSON object per line, `{"id": "<doc_id>#<chunk_no>", "doc_id", "title", "text"}`, and stays
 uncompressed so that `PassageStore` can seek to any row.
 
+tsv and csv files keep CSV quoting (DPR's `psgs_w100.tsv`: `id<TAB>text<TAB>title`, fields holding
+quotes written `"a ""quoted"" word"`), but a quote never silently swallows the rows after it: a tsv row is
+one line unless `--multiline-fields` is given, so an unmatched `"` is an error of its own row; a quoted
+field left open at the end of a csv file (or a tsv file read with `--multiline-fields`) is an error
+of the whole file, naming the line where it opened.
+
 Every bad input is a `CorpusError` naming the file, the line (or JSON path, or parquet row), the field
 and what to do; with `--on-error skip` bad records are dropped, counted by reason and logged instead.
+Problems of a whole file (one it cannot read past, such as that unclosed quote) are never skipped.
 """
 
 from __future__ import annotations
@@ -31,6 +38,18 @@ from tqdm.auto import tqdm
 
 from radit.artifacts import atomic_open
 from radit.config import CorpusConfig
+from radit.data.records import (
+    SURROGATE_FIX,
+    Malformed,
+    RecordError,
+    decode_utf8,
+    iter_json_list,
+    line_finder,
+    parse_json,
+    read_rows,
+    split_line,
+    surrogate_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +59,12 @@ _SHOWN_SKIPS = 10  # skipped records logged one by one before they are only coun
 _to_json = json.JSONEncoder(ensure_ascii=False).encode  # one encoder, not one per json.dumps call
 
 
-class CorpusError(ValueError):
+class CorpusError(RecordError):
     """A bad input, in one line: `<file>:<line>: <field>: <problem>; <what to do>`.
 
     `reason` is the `CorpusStats.skipped` key of a bad record; None marks a file-level problem, which
     `--on-error skip` never skips.
     """
-
-    def __init__(self, message: str, reason: str | None = None):
-        super().__init__(message)
-        self.reason = reason
 
 
 def _bad(where: str, field: str, problem: str, fix: str, reason: str | None = None) -> CorpusError:
@@ -162,10 +177,9 @@ def _jsonl_records(path: Path, gz: bool, cfg: CorpusConfig, stem: str) -> Iterat
             if not line.strip():
                 continue
             try:
-                line = json.loads(line)
-            except json.JSONDecodeError as e:
-                problem = f"invalid JSON at column {e.colno}: {e.msg.removesuffix(' at')}"
-                line = _bad(where, "record", problem, "fix or remove the line", "invalid_json")
+                line = parse_json(line)
+            except Malformed as m:
+                line = m.at(where, CorpusError)
         yield where, f"{stem}-{lineno}", line, "text"
 
 
@@ -181,11 +195,28 @@ def _check_columns(where: str, columns: list[str], cfg: CorpusConfig) -> None:
         raise _bad(where, ", ".join(unknown), problem, "pass --extra-fields ignore to drop them")
 
 
-def _delimited_records(path: Path, gz: bool, cfg: CorpusConfig, stem: str, delimiter: str) -> Iterator[tuple]:
+_MULTILINE_FIX = "pass --multiline-fields if quoted fields of this file span lines"
+
+
+def _line_rows(path: Path, gz: bool, cfg: CorpusConfig, delimiter: str) -> Iterator[tuple[int, Any]]:
+    """(line, fields or the problem) of each line: a tsv row is one line, parsed by itself."""
+    for lineno, raw in _lines(path, gz, cfg.max_record_bytes):
+        where = f"{path}:{lineno}"
+        line = _too_large(where, cfg) if raw is None else _decode(raw, where)
+        if isinstance(line, str):
+            try:
+                line = split_line(line, delimiter, _MULTILINE_FIX)
+            except Malformed as m:
+                line = m
+        yield lineno, line
+
+
+def _spanning_rows(path: Path, gz: bool, cfg: CorpusConfig, delimiter: str) -> Iterator[tuple[int, Any]]:
+    """(first line, fields or the problem) of each row of a file whose quoted fields may span lines."""
     # Lines are decoded one by one so that a bad byte is reported at its line; problems found while
     # reading lines are reported with the row that holds them.
     problems: list[CorpusError] = []
-    nbytes = 0
+    nbytes = row_start = 0
 
     def decoded() -> Iterator[str]:
         nonlocal nbytes
@@ -197,34 +228,53 @@ def _delimited_records(path: Path, gz: bool, cfg: CorpusConfig, stem: str, delim
             nbytes += len(raw or b"")
             yield line
 
+    for start, row in read_rows(decoded(), delimiter):
+        size, row_start = nbytes - row_start, nbytes
+        if problems:
+            yield start, problems[0]
+            problems.clear()
+        elif size > cfg.max_record_bytes:
+            yield start, _too_large(f"{path}:{start}", cfg)
+        else:
+            yield start, row
+
+
+def _delimited_records(path: Path, gz: bool, cfg: CorpusConfig, stem: str, delimiter: str) -> Iterator[tuple]:
     # The csv module refuses fields over 128 KiB by default; our own limit is the record size.
     csv.field_size_limit(max(csv.field_size_limit(), cfg.max_record_bytes))
-    reader = csv.reader(decoded(), delimiter=delimiter)
+    multiline = delimiter == "," or cfg.multiline_fields  # standard CSV lets quoted fields span lines
+    rows = (_spanning_rows if multiline else _line_rows)(path, gz, cfg, delimiter)
+    header: list[str] | None = None
+
+    def column(m: Malformed) -> str:
+        return header[m.index] if header and m.index is not None and m.index < len(header) else "record"
+
     try:
-        header = [c.strip() for c in next(reader, [])]
-        if problems:
-            raise problems[0]
-        if not header:
-            return  # an empty file, reported by the caller
-        _check_columns(f"{path}:1", header, cfg)
-        end, row_start = reader.line_num, nbytes
-        for row in reader:
-            start, end = end + 1, reader.line_num
-            where, size, row_start = f"{path}:{start}", nbytes - row_start, nbytes
-            if problems:
-                yield where, None, problems[0], "text"
-                problems.clear()
-            elif size > cfg.max_record_bytes:
-                yield where, None, _too_large(where, cfg), "text"
+        for start, row in rows:
+            where = f"{path}:{start}"
+            if header is None:  # a problem in the header is one of the whole file
+                if isinstance(row, Malformed):
+                    raise row.at(where, CorpusError, field="header", whole_file=True)
+                if isinstance(row, CorpusError):
+                    raise CorpusError(str(row))
+                header = [c.strip() for c in row]
+                if not header:
+                    return  # an empty file, reported by the caller
+                _check_columns(where, header, cfg)
+            elif isinstance(row, Malformed):
+                yield where, None, row.at(where, CorpusError, field=column(row)), "text"
+            elif isinstance(row, CorpusError):
+                yield where, None, row, "text"
             elif row and len(row) != len(header):  # csv yields [] for a blank line
                 problem = f"{len(row)} fields, the header has {len(header)}"
-                fix = "quote fields that contain the delimiter or line breaks"
+                if delimiter == "\t" and any("\t" in cell for cell in row):
+                    problem += ' (a quoted field holds a tab: is a " unmatched?)'
+                fix = "quote fields that contain the delimiter" + (" or line breaks" if multiline else "")
                 yield where, None, _bad(where, "record", problem, fix, "bad_row"), "text"
             elif row:
                 yield where, f"{stem}-{start}", {k: v for k, v in zip(header, row) if k in FIELDS}, "text"
-    except csv.Error as e:
-        problem = f"malformed {delimiter!r}-separated file ({e})"
-        raise _bad(f"{path}:{reader.line_num}", "file", problem, "fix its quoting") from None
+    except Malformed as m:  # from a file read with multi-line fields: nothing after it can be trusted
+        raise m.at(f"{path}:{m.pos}", CorpusError, field=column(m), whole_file=True) from None
 
 
 def _parquet_records(path: Path, gz: bool, cfg: CorpusConfig, stem: str) -> Iterator[tuple]:
@@ -251,26 +301,24 @@ def _slug(title: str) -> str:
 
 
 def _json_records(path: Path, gz: bool, cfg: CorpusConfig, stem: str) -> Iterator[tuple]:
-    # A .json file is one JSON value, so it is loaded whole (SQuAD dev is 5 MB, the Wikipedia vital
-    # summaries 7 MB); large corpora belong in jsonl or parquet, which are streamed.
-    data = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
-    try:
-        text = data.decode("utf-8").lstrip("\ufeff")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        problem = f"byte {data[e.start]:#04x} is not UTF-8"
-        raise _bad(f"{path}:{line}", "file", problem, "re-encode the file as UTF-8") from None
+    # A .json file is one JSON value, so it is read whole (SQuAD dev is 5 MB, the Wikipedia vital
+    # summaries 7 MB); large corpora belong in jsonl or parquet, which are streamed. A list is parsed
+    # one record at a time, so that a record too deep or holding too long a number is skipped by
+    # itself; in the SQuAD and Wikipedia layouts such a value is an error of the file.
+    text = decode_utf8(gzip.decompress(path.read_bytes()) if gz else path.read_bytes(), str(path), CorpusError)
     if not text.strip():
         return
+    start = len(text) - len(text.lstrip(" \t\n\r"))
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        fix = "rename it .jsonl if it holds one object per line" if e.msg == "Extra data" else "fix the file"
-        raise _bad(f"{path}:{e.lineno}", "file", f"invalid JSON at column {e.colno}: {e.msg}", fix) from None
-    if isinstance(obj, list):
-        for i, rec in enumerate(obj):
-            yield f"{path}:[{i}]", f"{stem}-{i}", rec, "text"
-    elif isinstance(obj, dict) and isinstance(obj.get("data"), list):  # SQuAD
+        if text.startswith("[", start):
+            for i, (_, rec) in enumerate(iter_json_list(text, start)):
+                where = f"{path}:[{i}]"
+                yield where, f"{stem}-{i}", rec.at(where, CorpusError) if isinstance(rec, Malformed) else rec, "text"
+            return
+        obj = parse_json(text, "fix the file")
+    except Malformed as m:
+        raise m.at(f"{path}:{line_finder(text)(m.pos)}", CorpusError, field="file", whole_file=True) from None
+    if isinstance(obj, dict) and isinstance(obj.get("data"), list):  # SQuAD
         for a, article in enumerate(obj["data"]):
             where = f"{path}:data[{a}]"
             if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
@@ -331,6 +379,10 @@ def _to_document(rec: Any, where: str, default_id: str | None, cfg: CorpusConfig
     title = rec.get("title")
     if title is not None and not isinstance(title, str):
         raise _bad(where, "title", f"must be a string, got {type(title).__name__}", "fix the title", "bad_title")
+    # Caught here, not when the passages are written, so that --on-error skip can drop the record.
+    for field, value in ((text_field, text), ("title", title), ("id", doc_id)):
+        if problem := surrogate_problem(value):
+            raise _bad(where, field, problem, SURROGATE_FIX, "unpaired_surrogate")
     return Document(doc_id, title or "", text, where)  # type: ignore[arg-type]  # readers give an id or a default
 
 
@@ -341,7 +393,7 @@ def iter_documents(
 
     Args:
         path: A document file (formats in the module docstring).
-        cfg: Uses `on_error`, `extra_fields` and `max_record_bytes`.
+        cfg: Uses `on_error`, `extra_fields`, `max_record_bytes` and `multiline_fields`.
         stats: `documents` and `skipped` grow as records are read.
         seen: Document id -> the file it came from, shared across files so that ids are unique over
             all inputs; None checks this file alone.
@@ -401,11 +453,7 @@ def build_passages(cfg: CorpusConfig) -> CorpusStats:
                     {"id": f"{doc.id}#{i}", "doc_id": doc.id, "title": doc.title, "text": chunk}
                     for i, chunk in enumerate(chunk_words(doc.text, cfg.max_words))
                 ]
-                try:
-                    out.write("".join(_to_json(p) + "\n" for p in passages))
-                except UnicodeEncodeError as e:  # a lone surrogate from a "\ud800" escape
-                    problem = f"holds an unpaired surrogate ({e.reason})"
-                    raise _bad(doc.source, "record", problem, "fix its \\u escapes") from None
+                out.write("".join(_to_json(p) + "\n" for p in passages))
                 stats.passages += len(passages)
                 bar.update()
         if stats.documents == 0:

@@ -104,7 +104,7 @@ def dedupe_candidates(per_chunk_answers: Iterable[str], normalize: Callable[[str
     """The distinct answers decoded under the k chunks, in first-seen order.
 
     Two answers are the same if `normalize` maps them to the same string (e.g.
-    `radit.eval.metrics.normalize_answer`); the first spelling is kept. Answers that normalise to
+    `radit.answers.normalize_answer`); the first spelling is kept. Answers that normalise to
     the empty string are dropped.
     """
     seen: set[str] = set()

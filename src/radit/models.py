@@ -76,7 +76,7 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
-    with atomic_path(target) as tmp:
+    with atomic_path(target, kind="dir") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "SOURCE").write_text(f"converted from {gguf_path.name}\n")

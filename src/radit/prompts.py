@@ -175,8 +175,10 @@ class PromptTemplate:
         path = Path(directory) / TEMPLATE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no {TEMPLATE_FILE} in {directory}")
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a valid JSON template ({e}); save it again with PromptTemplate.save") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object")
         template = cls.from_dict(data)
@@ -239,6 +241,25 @@ def get_template(name: str) -> PromptTemplate:
         return TEMPLATES[name]
     except KeyError:
         raise KeyError(f"unknown prompt template {name!r}; valid names: {sorted(TEMPLATES)}") from None
+
+
+def resolve_template(spec: str) -> PromptTemplate:
+    """A template from a registry name (`qa`) or from a folder holding a saved `prompt_template.json`
+    (a fine-tuned model's folder carries the template it was trained with).
+
+    Raises:
+        ValueError: `spec` is neither a registered name nor a folder with a saved template.
+    """
+    if spec in TEMPLATES:
+        return TEMPLATES[spec]
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / TEMPLATE_FILE).is_file():
+            raise ValueError(f"template {spec!r}: the folder holds no {TEMPLATE_FILE}; give a template name "
+                             f"({', '.join(sorted(TEMPLATES))}) or a model folder saved with its template")
+        return PromptTemplate.load(path)
+    raise ValueError(f"unknown prompt template {spec!r}; give a name ({', '.join(sorted(TEMPLATES))}) "
+                     f"or a folder holding {TEMPLATE_FILE}")
 
 
 def comp_prompt(template: PromptTemplate) -> str:

@@ -8,37 +8,64 @@ A spec is `quickstart:squad-open/{train,dev,test}` or a file path; each format m
 (`questions.jsonl.gz`):
 
 - `.jsonl`: one object per line with `question`, `answers` (a list of strings) or `answer` (a list
-  of strings or one string: NQ-open), optional `id` and `positive_ids` (document or passage ids that
-  answer it); any other field is kept in `Question.meta`.
+  of strings or one string: NQ-open), optional `id`, `positive_ids` (document or passage ids that
+  answer it) and `answer_type` (`string`, the default, or `regex`: the answers are regular
+  expressions, as in DPR's CuratedTREC); any other field is kept in `Question.meta`.
 - `.json`: a list of such objects (HotpotQA dev: `[{"question", "answer", "type"}]`).
-- `.tsv`: DPR style, no header: `question<TAB>answers` with the answers a Python list literal; rows
-  holding quotes are CSV-quoted (NQ-open and TriviaQA dev as DPR ships them).
+- `.tsv`: DPR style, no header: `question<TAB>answers` with the answers a Python list literal; fields
+  holding quotes are CSV-quoted (NQ-open and TriviaQA dev as DPR ships them). A row is one line, so
+  that an unmatched `"` spoils only its own row, unless `multiline_fields=True`. DPR's CuratedTREC
+  (`curatedtrec-test.txt`, renamed .tsv) is read with `answers_are_regex=True`.
 
-A record without an id gets `{file stem}-{index}`, the index counting records from 0. Every bad input
-is a `ValueError` in one line, `<file>:<line>: <field>: <problem>; <what to do>`.
+A record without an id gets `{file stem}-{index}`, the index counting the file's records from 0, bad
+ones included (so that skipping one leaves the other ids as they were). Every bad input is a
+`RecordError` (a ValueError) in one line, `<file>:<line>: <field>: <problem>; <what to do>`; with
+`on_error="skip"` bad records are dropped, counted in a `ReadStats` and summarised in one warning.
 """
 
 from __future__ import annotations
 
 import ast
-import csv
 import dataclasses
 import gzip
 import io
-import json
+import logging
 import re
+import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from radit.answers import compile_answer_pattern, gold_answers
+from radit.data.records import (
+    SURROGATE_FIX,
+    Malformed,
+    ReadStats,
+    RecordError,
+    bad,
+    check_on_error,
+    decode_utf8,
+    iter_json_list,
+    line_finder,
+    parse_json,
+    read_rows,
+    split_line,
+    surrogate_problem,
+)
+
+log = logging.getLogger(__name__)
 
 QUICKSTART_DIR = Path(__file__).parent / "quickstart"
 QUICKSTART_PREFIX = "quickstart:"
 QUICKSTART_SETS = {f"squad-open/{split}": f"squad_open_{split}.jsonl" for split in ("train", "dev", "test")}
 FORMATS = (".jsonl", ".json", ".tsv")
+ANSWER_TYPES = ("string", "regex")
 _REBUILD = "python scripts/make_quickstart_data.py (from a radit checkout)"
 _FILE_HELP = "a .jsonl, .json or .tsv question file (optionally .gz) or " + ", ".join(QUICKSTART_PREFIX + k for k in QUICKSTART_SETS)
-_WS = re.compile(r"[ \t\n\r]*")
+_TSV_FIX = "write `question<TAB>['answer 1', 'answer 2']` per line, with no header row (DPR format)"
+_TSV_COLUMNS = ("question", "answers")
+_MULTILINE_FIX = "read the file with multiline_fields=True if its quoted fields span lines"
 
 
 @dataclasses.dataclass
@@ -46,15 +73,19 @@ class Question:
     id: str
     question: str
     answers: list[str]
-    """Gold answer strings; empty when the file gives none (a query file for `radit search`)."""
+    """Gold answers; empty when the file gives none (a query file for `radit search`)."""
     positive_ids: list[str] = dataclasses.field(default_factory=list)
     """Ids of the documents (or passages) that answer the question; empty when unknown."""
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     """The record's other fields (SQuAD-open `title`, HotpotQA `type`, ...)."""
+    answer_type: Literal["string", "regex"] = "string"
+    """How `answers` match: `string`, as text after SQuAD normalisation; `regex`, as regular
+    expressions searched for in a prediction or passage (DPR's CuratedTREC)."""
 
-
-def _bad(where: str, field: str, problem: str, fix: str) -> ValueError:
-    return ValueError(f"{where}: {field}: {problem}; {fix}")
+    @property
+    def gold_answers(self) -> list[str | re.Pattern[str]]:
+        """The answers as `radit.eval.metrics` takes them (compiled patterns for regex answers)."""
+        return gold_answers(self.answers, self.answer_type)
 
 
 def quickstart_documents() -> Path:
@@ -85,17 +116,35 @@ def resolve_questions(spec: str) -> Path:
     return path
 
 
-def load_questions(spec: str, limit: int | None = None, *, require_answers: bool = False) -> list[Question]:
+def load_questions(
+    spec: str,
+    limit: int | None = None,
+    *,
+    require_answers: bool = False,
+    on_error: str = "error",
+    answers_are_regex: bool = False,
+    multiline_fields: bool = False,
+    stats: ReadStats | None = None,
+) -> list[Question]:
     """Read a question set (see the module docstring for specs and formats).
 
     Args:
         spec: `quickstart:squad-open/{train,dev,test}` or a question file path.
-        limit: keep only the first N questions.
+        limit: keep only the first N questions (skipped records do not count).
         require_answers: reject records without answers (for evaluations that score answers).
+        on_error: `error` raises at the first bad record; `skip` drops bad records, counts them in
+            `stats` and logs one warning. A problem of the whole file (missing, not UTF-8, broken
+            JSON list, a quote left open to its end) always raises.
+        answers_are_regex: the answers of records that give no `answer_type` are regular
+            expressions (DPR's CuratedTREC tsv).
+        multiline_fields: let CSV-quoted tsv fields span line breaks (DPR's files never do).
+        stats: filled with the number of questions kept and of records skipped, by reason.
 
     Raises:
-        ValueError: naming the file, line and field of the first bad record, and what to do.
+        RecordError: a ValueError naming the file, line and field of the first bad record (or of
+            the file's problem), and what to do.
     """
+    check_on_error(on_error)
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be a non-negative number of questions, got {limit}")
     path = resolve_questions(spec)
@@ -104,20 +153,41 @@ def load_questions(spec: str, limit: int | None = None, *, require_answers: bool
     if ext not in FORMATS:
         raise ValueError(f"{path}: unknown question file type {ext or '(none)'!r}; give {_FILE_HELP}")
     text = _read_text(path, gz=name != path.name)
-    records = {".jsonl": _jsonl_records, ".json": _json_records, ".tsv": _tsv_records}[ext](text, str(path), Path(name).stem)
+    stem = Path(name).stem
+    if ext == ".tsv":
+        records = _tsv_records(text, str(path), stem, multiline_fields)
+    else:
+        records = (_jsonl_records if ext == ".jsonl" else _json_records)(text, str(path), stem)
 
+    file_stats = ReadStats()
     questions: list[Question] = []
     seen: dict[str, str] = {}
     for where, default_id, rec in records:
         if limit is not None and len(questions) >= limit:
             break
-        q = _to_question(rec, where, default_id, require_answers)
-        if q.id in seen:
-            raise _bad(where, "id", f"{q.id!r} was already used at {seen[q.id]}", "give every question a distinct id")
+        try:
+            if isinstance(rec, RecordError):
+                raise rec
+            q = _to_question(rec, where, default_id, require_answers, answers_are_regex)
+            if q.id in seen:
+                problem = f"{q.id!r} was already used at {seen[q.id]}"
+                raise bad(where, "id", problem, "give every question a distinct id", "duplicate_id")
+        except RecordError as e:
+            if on_error == "error" or e.reason is None:
+                raise
+            file_stats.skip(e)
+            continue
         seen[q.id] = where
         questions.append(q)
+    file_stats.kept = len(questions)
+    file_stats.warn(log, str(path))
+    if stats is not None:
+        stats.add(file_stats)
     if not questions and limit != 0:
-        raise ValueError(f"{path}: no questions in the file; give {_FILE_HELP}")
+        if file_stats.skipped:
+            raise RecordError(f"{path}: file: every record was skipped ({file_stats.counts()}); "
+                              "rerun with --on-error error to see why")
+        raise RecordError(f"{path}: no questions in the file; give {_FILE_HELP}")
     return questions
 
 
@@ -129,12 +199,12 @@ def _read_text(path: Path, gz: bool) -> str:
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as e:
-            raise _bad(str(path), "file", f"not a readable gzip file ({e})", "recompress it, or drop the .gz suffix if it is plain text") from None
-    try:
-        return data.decode("utf-8").lstrip("\ufeff")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise _bad(f"{path}:{line}", "file", f"byte {data[e.start]:#04x} is not UTF-8", "re-encode the file as UTF-8") from None
+            raise bad(str(path), "file", f"not a readable gzip file ({e})", "recompress it, or drop the .gz suffix if it is plain text") from None
+    return decode_utf8(data, str(path))
+
+
+# Readers yield (where, default id, record) per record: a parsed record (checked by _to_question) or
+# the RecordError of one that could not be parsed; problems of the whole file are raised.
 
 
 def _jsonl_records(text: str, path: str, stem: str) -> Iterator[tuple[str, str, Any]]:
@@ -143,87 +213,79 @@ def _jsonl_records(text: str, path: str, stem: str) -> Iterator[tuple[str, str, 
     for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
+        where = f"{path}:{n}"
+        fix = "write one JSON object per line" + (" (is this a .json list? rename it .json)" if line.lstrip().startswith("[") else "")
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            fix = "write one JSON object per line" + (" (is this a .json list? rename it .json)" if line.lstrip().startswith("[") else "")
-            raise _bad(f"{path}:{n}", "line", f"invalid JSON at column {e.colno}: {e.msg}", fix) from None
-        yield f"{path}:{n}", f"{stem}-{i}", rec
+            rec = parse_json(line, fix)
+        except Malformed as m:
+            rec = m.at(where)
+        yield where, f"{stem}-{i}", rec
         i += 1
 
 
 def _json_records(text: str, path: str, stem: str) -> Iterator[tuple[str, str, Any]]:
     # Decoded one list element at a time so that an error names the line of the record at fault.
-    decoder = json.JSONDecoder()
-    line, last = 1, 0
+    if not text.strip():
+        return
+    line = line_finder(text)
+    start = len(text) - len(text.lstrip(" \t\n\r"))
+    try:
+        if not text.startswith("[", start):
+            parse_json(text, "fix the file")  # invalid JSON is reported as such
+            fix = 'write a list, [{"question": ..., "answers": [...]}, ...], or one object per line as .jsonl'
+            raise bad(f"{path}:{line(start)}", "file", "the top-level JSON value is not a list of records", fix)
+        for i, (pos, rec) in enumerate(iter_json_list(text, start)):
+            where = f"{path}:{line(pos)} (record {i})"
+            yield where, f"{stem}-{i}", rec.at(where) if isinstance(rec, Malformed) else rec
+    except Malformed as m:
+        raise m.at(f"{path}:{line(m.pos)}", field="file", whole_file=True) from None
 
-    def at(pos: int) -> str:
-        nonlocal line, last
-        line += text.count("\n", last, pos)
-        last = pos
-        return f"{path}:{line}"
 
-    def invalid(e: json.JSONDecodeError) -> ValueError:
-        return _bad(f"{path}:{e.lineno}", "file", f"invalid JSON at column {e.colno}: {e.msg}", "fix the file")
-
-    pos = _WS.match(text).end()
-    if not text.startswith("[", pos):
+def _tsv_rows(text: str) -> Iterator[tuple[int, list[str] | Malformed]]:
+    for n, line in enumerate(text.split("\n"), 1):
         try:
-            json.loads(text)
-        except json.JSONDecodeError as e:
-            raise invalid(e) from None
-        fix = 'write a list, [{"question": ..., "answers": [...]}, ...], or one object per line as .jsonl'
-        raise _bad(at(pos), "file", "the top-level JSON value is not a list of records", fix)
-    pos = _WS.match(text, pos + 1).end()
+            yield n, split_line(line, "\t", _MULTILINE_FIX)
+        except Malformed as m:
+            yield n, m
+
+
+def _tsv_records(text: str, path: str, stem: str, multiline_fields: bool) -> Iterator[tuple[str, str, Any]]:
+    rows = read_rows(io.StringIO(text, newline="\n"), "\t") if multiline_fields else _tsv_rows(text)
     i = 0
-    if text.startswith("]", pos):
-        pos += 1
-    else:
-        while True:
-            try:
-                rec, end = decoder.raw_decode(text, pos)
-            except json.JSONDecodeError as e:
-                raise invalid(e) from None
-            yield f"{at(pos)} (record {i})", f"{stem}-{i}", rec
-            i += 1
-            pos = _WS.match(text, end).end()
-            if text.startswith(",", pos):
-                pos = _WS.match(text, pos + 1).end()
-            elif text.startswith("]", pos):
-                pos += 1
-                break
+    try:
+        for n, row in rows:
+            where = f"{path}:{n}"
+            if isinstance(row, Malformed):
+                rec: Any = row.at(where, field=_TSV_COLUMNS[row.index] if row.index in (0, 1) else "row")
+            elif not any(cell.strip() for cell in row):
+                continue
+            elif len(row) != 2:
+                problem = f"{len(row)} tab-separated columns, expected 2 (question, answers)"
+                if any("\t" in cell for cell in row):
+                    problem += ' (a quoted field holds a tab: is a " unmatched?)'
+                rec = bad(where, "row", problem, _TSV_FIX, "bad_row")
             else:
-                raise _bad(at(pos), "file", f"expected ',' or ']' after record {i - 1}", "fix the file")
-    if _WS.match(text, pos).end() != len(text):
-        raise _bad(at(pos), "file", "extra data after the list", "keep one JSON list per .json file")
+                rec = {"question": row[0], "answers": _answer_literal(row[1], where)}
+                if isinstance(rec["answers"], RecordError):
+                    rec = rec["answers"]
+            yield where, f"{stem}-{i}", rec
+            i += 1
+    except Malformed as m:  # from a file read with multi-line fields: nothing after it can be trusted
+        field = _TSV_COLUMNS[m.index] if m.index in (0, 1) else "row"
+        raise m.at(f"{path}:{m.pos}", field=field, whole_file=True) from None
 
 
-def _tsv_records(text: str, path: str, stem: str) -> Iterator[tuple[str, str, Any]]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
-    fix = "write `question<TAB>['answer 1', 'answer 2']` per line, with no header row (DPR format)"
-    i, end = 0, 0
-    while True:
-        start = end + 1  # a CSV-quoted row may span lines: report the line it starts on
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            raise _bad(f"{path}:{start}", "row", f"unreadable TSV ({e})", fix) from None
-        end = reader.line_num
-        where = f"{path}:{start}"
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) != 2:
-            raise _bad(where, "row", f"{len(row)} tab-separated columns, expected 2 (question, answers)", fix)
-        question, raw = row
-        try:
-            answers = ast.literal_eval(raw.strip())
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            shown = raw if len(raw) <= 60 else raw[:57] + "..."
-            raise _bad(where, "answers", f"not a Python list literal: {shown!r}", fix) from None
-        yield where, f"{stem}-{i}", {"question": question, "answers": answers}
-        i += 1
+def _answer_literal(raw: str, where: str) -> Any:
+    """The answers cell of a DPR tsv row, a Python list literal, or the RecordError saying why not."""
+    try:
+        with warnings.catch_warnings():
+            # A regex such as "\s+" is an invalid escape to Python (a SyntaxWarning since 3.12); the
+            # literal keeps the backslash, which is what the pattern means.
+            warnings.simplefilter("ignore")
+            return ast.literal_eval(raw.strip())
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        shown = raw if len(raw) <= 60 else raw[:57] + "..."
+        return bad(where, "answers", f"not a Python list literal: {shown!r}", _TSV_FIX, "bad_answers")
 
 
 def _string_list_problem(value: Any) -> str | None:
@@ -237,17 +299,30 @@ def _string_list_problem(value: Any) -> str | None:
     return None
 
 
-def _to_question(rec: Any, where: str, default_id: str, require_answers: bool) -> Question:
+def _regex_problem(answers: list[str]) -> str | None:
+    for j, answer in enumerate(answers):
+        try:
+            pattern = compile_answer_pattern(answer)
+        except re.error as e:
+            return f"item {j}, {answer!r}, is not a valid regular expression ({e})"
+        if pattern.search("") is not None:
+            # Like an empty answer string: it would count every prediction and passage as a hit.
+            return f"item {j}, {answer!r}, matches an empty text, so it would match every text"
+    return None
+
+
+def _to_question(rec: Any, where: str, default_id: str, require_answers: bool, answers_are_regex: bool) -> Question:
     if not isinstance(rec, dict):
-        raise _bad(where, "record", f"a JSON {type(rec).__name__}, not an object", "write one object per question")
+        raise bad(where, "record", f"a JSON {type(rec).__name__}, not an object", "write one object per question", "not_an_object")
     question = rec.get("question")
     if question is None:
         problem = f"missing (fields: {', '.join(map(str, rec)) or 'none'})"
-        raise _bad(where, "question", problem, "give every record a `question`")
+        raise bad(where, "question", problem, "give every record a `question`", "missing_question")
     if not isinstance(question, str):
-        raise _bad(where, "question", f"must be a string, got {type(question).__name__}", "write the question as one string")
+        problem = f"must be a string, got {type(question).__name__}"
+        raise bad(where, "question", problem, "write the question as one string", "question_not_string")
     if not question.strip():
-        raise _bad(where, "question", "empty", "remove the record or fill in the question")
+        raise bad(where, "question", "empty", "remove the record or fill in the question", "empty_question")
 
     key = "answers" if "answers" in rec else "answer" if "answer" in rec else None
     answers: Any = [] if key is None else rec[key]
@@ -255,9 +330,16 @@ def _to_question(rec: Any, where: str, default_id: str, require_answers: bool) -
         answers = [answers]
     if key is not None and (problem := _string_list_problem(answers)):
         # An empty answer string would match every passage, so it is an error, not a no-op.
-        raise _bad(where, key, problem, 'write the answers as non-empty strings, e.g. "answers": ["Paris"]')
+        raise bad(where, key, problem, 'write the answers as non-empty strings, e.g. "answers": ["Paris"]', "bad_answers")
     if require_answers and not answers:
-        raise _bad(where, key or "answers", "no answers", 'give every record "answers": ["..."], at least one')
+        raise bad(where, key or "answers", "no answers", 'give every record "answers": ["..."], at least one', "no_answers")
+
+    answer_type = rec.get("answer_type", "regex" if answers_are_regex else "string")
+    if answer_type not in ANSWER_TYPES:
+        fix = 'write "answer_type": "regex" for regular-expression answers, or leave it out'
+        raise bad(where, "answer_type", f"{answer_type!r} is not one of {', '.join(ANSWER_TYPES)}", fix, "bad_answer_type")
+    if answer_type == "regex" and (problem := _regex_problem(answers)):
+        raise bad(where, key or "answers", problem, "fix the pattern, or mark the answers as plain strings", "invalid_regex")
 
     qid = rec.get("id")
     if qid is None or qid == "":
@@ -265,12 +347,19 @@ def _to_question(rec: Any, where: str, default_id: str, require_answers: bool) -
     elif isinstance(qid, int) and not isinstance(qid, bool):
         qid = str(qid)
     elif not isinstance(qid, str):
-        raise _bad(where, "id", f"must be a string or integer, got {type(qid).__name__}", "fix the id, or leave it out")
+        raise bad(where, "id", f"must be a string or integer, got {type(qid).__name__}", "fix the id, or leave it out", "bad_id")
 
     positive_ids = rec.get("positive_ids")
     positive_ids = [] if positive_ids is None else positive_ids
     if problem := _string_list_problem(positive_ids):
-        raise _bad(where, "positive_ids", problem, 'write the ids of the answering documents, e.g. "positive_ids": ["doc-7"]')
+        fix = 'write the ids of the answering documents, e.g. "positive_ids": ["doc-7"]'
+        raise bad(where, "positive_ids", problem, fix, "bad_positive_ids")
 
-    meta = {k: v for k, v in rec.items() if k not in ("id", "question", key, "positive_ids")}
-    return Question(id=qid, question=question.strip(), answers=list(answers), positive_ids=list(positive_ids), meta=meta)
+    meta = {k: v for k, v in rec.items() if k not in ("id", "question", key, "positive_ids", "answer_type")}
+    # Caught here, not when a prediction file is written, so that on_error="skip" can drop the record.
+    fields = [("question", question), (key or "answers", answers), ("id", qid), ("positive_ids", positive_ids)]
+    for field, value in fields + [(str(k), [k, v]) for k, v in meta.items()]:
+        if problem := surrogate_problem(value):
+            raise bad(where, field.encode("utf-8", "backslashreplace").decode(), problem, SURROGATE_FIX, "unpaired_surrogate")
+    return Question(id=qid, question=question.strip(), answers=list(answers), positive_ids=list(positive_ids),
+                    meta=meta, answer_type=answer_type)

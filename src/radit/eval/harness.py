@@ -29,16 +29,20 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from radit.artifacts import atomic_write_json
-from radit.config import EVAL_MODES as MODES
-from radit.config import EvalConfig, load_yaml, save_yaml, to_dict
+from radit.config import EvalConfig, InferenceConfig
+from radit.config_io import load_yaml, save_yaml, to_dict
 from radit.eval.metrics import exact_match, f1_score
 from radit.eval.tasks import Example, Task, get_task, task_slug
-from radit.prompts import PromptTemplate, get_template
+from radit.prompts import PromptTemplate, resolve_template
 
 log = logging.getLogger(__name__)
 
 # Settings that may change between a run and its resumption: they do not change any prediction.
-RESUMABLE_FIELDS = frozenset({"limit", "device", "search_batch_size", "overwrite", "output"})
+RESUMABLE_FIELDS = frozenset({"limit", "device", "search_batch_size", "overwrite", "output", "on_error", "verify"})
+# Runs written before the inference settings became one group kept them at the top level.
+_LEGACY_INFERENCE_KEYS = {"mode": "mode", "k": "k", "temperature": "retrieval_temperature", "scoring": "scoring",
+                          "template": "template", "max_new_tokens": "max_new_tokens", "token_level": "token_level",
+                          "dtype": "dtype"}
 
 AnswerFns = dict[str, Callable[..., Any]]
 """{"generative": answer_generative, "choice": answer_choice}, with `radit.augment`'s signatures."""
@@ -56,17 +60,15 @@ def default_answer_fns() -> AnswerFns:
 
 
 def resolve_output(cfg: EvalConfig) -> Path:
+    inf = cfg.inference
     try:
-        return Path(cfg.output.format(task=task_slug(cfg.task), mode=cfg.mode, k=cfg.k, shots=cfg.shots))
+        return Path(cfg.output.format(task=task_slug(cfg.task), mode=inf.mode, k=inf.k, shots=cfg.shots))
     except (KeyError, IndexError, ValueError) as e:
         raise ValueError(f"--output {cfg.output!r}: bad placeholder ({e}); use {{task}}, {{mode}}, {{k}}, {{shots}}") from None
 
 
-def resolve_template(cfg: EvalConfig, task: Task, first: Example | None) -> PromptTemplate:
-    try:
-        template = get_template(cfg.template or task.template)
-    except KeyError as e:
-        raise ValueError(f"--template: {e.args[0]}") from None
+def check_template(template: PromptTemplate, task: Task, first: Example | None) -> PromptTemplate:
+    """`template` if it fits the task's questions (choices or not, the same option keys), else an error."""
     has_choices = first is not None and first.choices is not None
     # A cloze template (no option list, no fixed answers) scores each option's text: choice tasks with options only.
     cloze = task.kind == "choice" and has_choices and template.choices is None and template.answer_options is None
@@ -81,39 +83,45 @@ def resolve_template(cfg: EvalConfig, task: Task, first: Example | None) -> Prom
     return template
 
 
-def resolve_temperature(cfg: EvalConfig) -> tuple[float | None, str]:
-    """The p_R temperature and where it came from: the flag, the index's encoder, or the BM25 default."""
-    if cfg.temperature is not None:
-        return cfg.temperature, "--temperature"
-    if cfg.mode == "closed-book":
-        return None, "closed-book: no retrieval weights"
-    from radit.retriever.index import read_manifest
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
-    manifest, _ = read_manifest(cfg.index)
-    encoder = manifest.get("encoder")
-    if manifest.get("backend") == "dense" and encoder and "score_temperature" in encoder:
-        return float(encoder["score_temperature"]), f"index manifest ({cfg.index}): encoder {encoder.get('query_model')} score_temperature"
-    # BM25 scores are unnormalised and spread over several units, so T = 1 already gives sharp weights.
-    return 1.0, "default for a BM25 index (no encoder temperature)"
+
+def _saved_settings(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config.yaml as flat `group.key` settings; a run of an older radit keeps its inference
+    settings at the top level, which are moved under `inference.`."""
+    saved = dict(saved)
+    inference = dict(saved.pop("inference", None) or {})
+    for old, new in _LEGACY_INFERENCE_KEYS.items():
+        if old in saved:
+            inference.setdefault(new, saved.pop(old))
+    return _flatten({**saved, "inference": inference})
 
 
 def check_resumable(out: Path, cfg: EvalConfig) -> None:
-    """An error if `out` holds a run with settings that change predictions, unless --overwrite."""
+    """An error if `out` holds a run with settings that change predictions, unless --overwrite.
+
+    Reads only: nothing in `out` is touched here."""
     saved_path, preds = out / "config.yaml", out / "predictions.jsonl"
     if cfg.overwrite:
-        preds.unlink(missing_ok=True)
-        (out / "metrics.json").unlink(missing_ok=True)
         return
     if not saved_path.is_file():
         if preds.is_file():
             raise ValueError(f"{out}: has predictions.jsonl but no config.yaml, so it cannot be checked for resuming; "
                              "pass --overwrite to start over, or choose another --output")
         return
-    saved, current = load_yaml(saved_path), to_dict(cfg)
+    saved, current = _saved_settings(load_yaml(saved_path)), _flatten(to_dict(cfg))
     # A setting added to radit after the run was written counts as its default there.
-    defaults = to_dict(EvalConfig(task=cfg.task, index=cfg.index, mode=cfg.mode))
+    defaults = _flatten(to_dict(EvalConfig(task=cfg.task, index=cfg.index,
+                                          inference=InferenceConfig(mode=cfg.inference.mode, dtype=cfg.inference.dtype))))
     diff = [f"{key}: {saved.get(key, defaults.get(key))!r} -> {current.get(key)!r}" for key in sorted(set(saved) | set(current))
-            if key not in RESUMABLE_FIELDS and saved.get(key, defaults.get(key)) != current.get(key)]
+            if key.split(".")[-1] not in RESUMABLE_FIELDS and saved.get(key, defaults.get(key)) != current.get(key)]
     if diff:
         raise ValueError(f"{out}: holds a run with other settings ({'; '.join(diff)}); pass --overwrite to start over, "
                          "or choose another --output")
@@ -148,7 +156,7 @@ def score_prediction(task: Task, example: Example, prediction: str) -> dict[str,
     """{"em", "f1"} for open QA, {"correct"} for choice tasks (the label, compared exactly)."""
     if task.kind == "choice":
         return {"correct": float(prediction.strip() == example.label)}
-    return {"em": exact_match(prediction, example.answers), "f1": f1_score(prediction, example.answers)}
+    return {"em": exact_match(prediction, example.gold_answers), "f1": f1_score(prediction, example.gold_answers)}
 
 
 def summarize(task: Task, records: Sequence[dict[str, Any]]) -> tuple[dict[str, float], str]:
@@ -183,28 +191,58 @@ def _finite(xs: Sequence[float] | None) -> list[float | None]:
 def run_eval(cfg: EvalConfig, answer_fns: AnswerFns | None = None, lm: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """The `radit eval` stage; returns what it writes to metrics.json.
 
+    Everything that can fail on the user's input (task, questions, template, index, query encoder,
+    model name, a run with other settings in --output) is checked before anything is written.
+
     Args:
         cfg: the evaluation settings.
         answer_fns: replaces `radit.augment`'s answer functions (tests; other inference methods).
         lm: an already loaded (model, tokenizer) pair to use instead of loading `cfg.model`.
     """
+    from radit.runtime import resolve_device, resolve_dtype
+
     t_start = time.time()
-    task = get_task(cfg.task, data_dir=cfg.data_dir, demos=cfg.demos)
+    inf = cfg.inference
+    task = get_task(cfg.task, data_dir=cfg.data_dir, demos=cfg.demos, on_error=cfg.on_error,
+                    answers_are_regex=cfg.answers_are_regex)
     out = resolve_output(cfg)
     examples = task.load(cfg.limit)
     if cfg.sample is not None and cfg.sample < len(examples):
         keep = set(random.Random(0).sample(range(len(examples)), cfg.sample))
         examples = [ex for i, ex in enumerate(examples) if i in keep]
-    template = resolve_template(cfg, task, examples[0] if examples else None)
-    resolved = dataclasses.replace(cfg, output=str(out), template=template.name)
-    if cfg.mode == "closed-book" and cfg.index:
+    template = check_template(resolve_template(inf.template or task.template), task, examples[0] if examples else None)
+    if cfg.shots and examples:
+        task.demonstrations(cfg.shots, examples[0])  # a pool too small fails now, not mid-run
+    device = resolve_device(cfg.device)
+    settings = dataclasses.replace(inf, template=template.name, dtype=resolve_dtype(inf.dtype, device))
+    resolved = dataclasses.replace(cfg, output=str(out), inference=settings)
+    if inf.mode == "closed-book" and cfg.index:
         log.warning("--index %s is not used with --mode closed-book", cfg.index)
-    temperature, temperature_source = resolve_temperature(cfg)
-
-    out.mkdir(parents=True, exist_ok=True)
     check_resumable(out, resolved)
-    save_yaml(resolved, out / "config.yaml")
+
+    searcher = None
+    if inf.mode == "closed-book":
+        temperature, temperature_source = None, "closed-book: no retrieval weights"
+    else:
+        from radit.retriever.search import load_searcher
+
+        searcher = load_searcher(cfg.index, query_encoder=cfg.query_encoder, device=cfg.device, verify=cfg.verify)
+        if inf.retrieval_temperature is not None:
+            temperature, temperature_source = inf.retrieval_temperature, "--retrieval-temperature"
+        else:
+            temperature, temperature_source = searcher.retrieval_temperature, searcher.retrieval_temperature_source
+    if lm is None:
+        from radit.models import resolve_model
+
+        resolve_model(cfg.model)  # a wrong model name fails before the run directory is touched
+
+    # Checked: now write.
+    out.mkdir(parents=True, exist_ok=True)
     preds_path = out / "predictions.jsonl"
+    if cfg.overwrite:
+        preds_path.unlink(missing_ok=True)
+        (out / "metrics.json").unlink(missing_ok=True)
+    save_yaml(resolved, out / "config.yaml")
     done = read_predictions(preds_path)
     pending = [ex for ex in examples if ex.id not in done]
     resumed = len(examples) - len(pending)
@@ -213,18 +251,18 @@ def run_eval(cfg: EvalConfig, answer_fns: AnswerFns | None = None, lm: tuple[Any
 
     if pending:
         hits_all: list[list[Any]] = [[] for _ in pending]
-        if cfg.mode != "closed-book":
-            from radit.retriever.search import load_searcher, search_batched
+        if searcher is not None:
+            from radit.retriever.search import search_batched
 
-            searcher = load_searcher(cfg.index, query_encoder=cfg.query_encoder, device=cfg.device)
-            hits_all = search_batched(searcher, [ex.question for ex in pending], cfg.k, batch_size=cfg.search_batch_size)
+            hits_all = search_batched(searcher, [ex.question for ex in pending], inf.k, batch_size=cfg.search_batch_size)
         if lm is None:
             from radit.lm.model import load_lm
 
-            lm = load_lm(cfg.model, device=cfg.device, dtype=cfg.dtype)
+            lm = load_lm(cfg.model, device=cfg.device, dtype=settings.dtype)
         model, tokenizer = lm
         fns = answer_fns or default_answer_fns()
-        common = dict(mode=cfg.mode, temperature=temperature or 1.0, scoring=cfg.scoring, k=cfg.k, dtype=cfg.dtype)
+        # The answer functions get the settings resolved: p_R's temperature (1.0 where nothing is mixed).
+        answer_settings = dataclasses.replace(settings, retrieval_temperature=temperature or 1.0)
 
         with open(preds_path, "a", encoding="utf-8") as f:
             bar = tqdm(list(zip(pending, hits_all)), desc=f"eval {task.name}", unit="q")
@@ -233,12 +271,11 @@ def run_eval(cfg: EvalConfig, answer_fns: AnswerFns | None = None, lm: tuple[Any
                 t0 = time.time()
                 demos = [demonstration(d, template) for d in task.demonstrations(cfg.shots, example)]
                 if task.kind == "generative":
-                    pred = fns["generative"](model, tokenizer, example.question, hits, template,
-                                             demonstrations=demos, max_new_tokens=cfg.max_new_tokens,
-                                             token_level=cfg.token_level, **common)
+                    pred = fns["generative"](model, tokenizer, example.question, hits, template, answer_settings,
+                                             demonstrations=demos)
                 else:
                     pred = fns["choice"](model, tokenizer, example.question, example.choices, hits, template,
-                                         demonstrations=demos, **common)
+                                         answer_settings, demonstrations=demos)
                 # Backgrounds cut to fit the context, as the answer function reports them (if it does).
                 truncated = getattr(pred, "truncated", None)
                 rec = {
@@ -272,13 +309,14 @@ def run_eval(cfg: EvalConfig, answer_fns: AnswerFns | None = None, lm: tuple[Any
         "task": task.name,
         "source": task.source,
         "model": cfg.model,
-        "index": cfg.index if cfg.mode != "closed-book" else None,
+        "index": cfg.index if inf.mode != "closed-book" else None,
         "query_encoder": cfg.query_encoder,
-        "mode": cfg.mode,
-        "k": cfg.k,
+        "mode": inf.mode,
+        "k": inf.k,
         "shots": cfg.shots,
-        "scoring": cfg.scoring,
+        "scoring": inf.scoring,
         "template": f"{template.name} v{template.version}",
+        "dtype": settings.dtype,
         "n": len(records),
         "metrics": metrics,
         "primary_metric": primary,
@@ -288,6 +326,7 @@ def run_eval(cfg: EvalConfig, answer_fns: AnswerFns | None = None, lm: tuple[Any
         "seconds": round(sum(r.get("seconds", 0.0) for r in records), 2),
         "wall_seconds": round(time.time() - t_start, 2),
         "resumed": resumed,
+        "skipped_records": getattr(task, "skipped", None) or None,
         "notes": list(task.notes),
     }
     atomic_write_json(out / "metrics.json", report)

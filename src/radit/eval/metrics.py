@@ -1,18 +1,35 @@
-"""Answer and ranking metrics as plain functions: SQuAD normalisation, EM, F1, answer-hit@k, recall@k, MRR."""
+"""Answer and ranking metrics as plain functions: EM, F1, answer-hit@k, recall@k, MRR.
+
+A gold answer is a string, matched after SQuAD normalisation, or a compiled regular expression (the
+`gold_answers` of a question whose `answer_type` is "regex", such as DPR's CuratedTREC), matched as
+DPR's `regex_match` does: searched for anywhere in the NFD-normalised text, ignoring case.
+"""
 
 from __future__ import annotations
 
 import collections
+import re
 from collections.abc import Sequence
 
-from radit.answers import normalize_answer
+from radit.answers import normalize_answer, pattern_found
 
-def exact_match(prediction: str, answers: Sequence[str]) -> float:
+Answer = str | re.Pattern[str]
+"""A gold answer: text, or a regex answer compiled by `radit.answers.compile_answer_pattern`."""
+
+
+def exact_match(prediction: str, answers: Sequence[Answer]) -> float:
+    """1.0 when the prediction equals a string answer after SQuAD normalisation, or a regex answer
+    occurs in it (DPR's rule: `pattern.search`, not a match of the whole prediction)."""
     pred = normalize_answer(prediction)
-    return float(any(pred == normalize_answer(a) for a in answers))
+    return float(any(pattern_found(a, prediction) if isinstance(a, re.Pattern) else pred == normalize_answer(a)
+                     for a in answers))
 
 
-def _f1(prediction: str, answer: str) -> float:
+def _f1(prediction: str, answer: Answer) -> float:
+    if isinstance(answer, re.Pattern):
+        # A pattern has no tokens to overlap, and scoring against the span it matched would put F1
+        # under EM whenever the match is part of the prediction: F1 is the regex EM, 1 or 0.
+        return float(pattern_found(answer, prediction))
     pred, gold = normalize_answer(prediction).split(), normalize_answer(answer).split()
     common = collections.Counter(pred) & collections.Counter(gold)
     same = sum(common.values())
@@ -22,18 +39,25 @@ def _f1(prediction: str, answer: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def f1_score(prediction: str, answers: Sequence[str]) -> float:
-    """Token F1 against the best-matching gold answer."""
+def f1_score(prediction: str, answers: Sequence[Answer]) -> float:
+    """Token F1 against the best-matching gold answer (1 or 0 for a regex answer, see `_f1`)."""
     return max((_f1(prediction, a) for a in answers), default=0.0)
 
 
-def has_answer(text: str, answers: Sequence[str]) -> bool:
-    """Whether any gold answer occurs in `text` as a whole-token span after SQuAD normalisation."""
+def has_answer(text: str, answers: Sequence[Answer]) -> bool:
+    """Whether any gold answer occurs in `text`: a string as a whole-token span after SQuAD
+    normalisation, a regex anywhere (as DPR's retrieval accuracy for CuratedTREC)."""
     padded = f" {normalize_answer(text)} "
-    return any((norm := normalize_answer(a)) and f" {norm} " in padded for a in answers)
+    for a in answers:
+        if isinstance(a, re.Pattern):
+            if pattern_found(a, text):
+                return True
+        elif (norm := normalize_answer(a)) and f" {norm} " in padded:
+            return True
+    return False
 
 
-def answer_hit_at_k(texts: Sequence[str], answers: Sequence[str], ks: Sequence[int]) -> dict[int, float]:
+def answer_hit_at_k(texts: Sequence[str], answers: Sequence[Answer], ks: Sequence[int]) -> dict[int, float]:
     """1.0 at every k at or after the first retrieved text that contains an answer."""
     first = next((i for i, t in enumerate(texts) if has_answer(t, answers)), None)
     return {k: float(first is not None and first < k) for k in ks}

@@ -1,23 +1,10 @@
-"""The language model: loading (`model`) and scoring log p(y | c ∘ x) (`scoring`)."""
+"""The language model, one module per job; import from the module that owns a name.
 
-from __future__ import annotations
-
-import importlib
-
-# Resolved lazily so that `python -m radit.lm.scoring` does not import its own module twice
-# (runpy warns when a package's __init__ has already imported the module it is asked to run).
-_EXPORTS = {
-    "load_lm": "radit.lm.model",
-    "COMP_PROMPT": "radit.lm.scoring",
-    "SCORERS": "radit.lm.scoring",
-    "continuation_logprobs": "radit.lm.scoring",
-    "score": "radit.lm.scoring",
-    "shared_prompt_logprobs": "radit.lm.scoring",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'radit.lm' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+- `radit.lm.model`: load a causal LM and its tokenizer (`load_lm`), and what callers ask of it.
+- `radit.lm.inputs`: text -> model inputs; (prompt, continuation) pairs cut at one boundary for
+  scoring and training (`encode_pairs`), prompts alone for decoding.
+- `radit.lm.prefill`: run a batch of prompts once and keep their KV cache.
+- `radit.lm.scoring`: log p(y | c ∘ x) per token, batched (`continuation_logprobs`,
+  `candidate_logprobs`, the differentiable `pair_logprobs`), and the paper's answer scores.
+- `radit.lm.generate`: greedy decoding, per prompt or REPLUG's token-level ensemble.
+"""

@@ -1,24 +1,35 @@
-"""Batched greedy decoding, and the short answer a QA prompt's continuation holds.
+"""Greedy decoding, per prompt or with the prompts' next-token distributions mixed (REPLUG).
 
     python -m radit.lm.generate --model smollm2-135m-instruct \
         --prompt $'Question: What is the capital of France?\\nAnswer:' --prompt $'Q: Who wrote Hamlet?\\nA:'
 
-Prompts are tokenised as in `radit.lm.scoring` (with the tokenizer's own special tokens, e.g. a BOS),
-left-padded into batches and decoded with `model.generate(do_sample=False)`; only the new text comes
-back. RA-DIT decodes one greedy answer per retrieved chunk (App. B "Inference"), and the paper's short
-answers are the first line of that text (`extract_answer`).
+RA-DIT decodes one greedy answer per retrieved chunk (App. B "Inference"), and the paper's short
+answers are the first line of that text (`radit.answers.extract_answer`).
+
+- `greedy_generate` decodes with Hugging Face's `model.generate` in left-padded batches: the
+  reference the KV-cache paths are tested against.
+- `greedy_from_prefill` and `ensemble_from_prefill` continue from prompts already run once
+  (`radit.lm.prefill.prefill`), through one decoding loop whose only difference is how each step
+  picks the next token: each row its own argmax, or the argmax of the k rows' next-token
+  distributions mixed with p_R (REPLUG's token-level ensemble, `radit.ensemble.token_mixture`).
+
+Prompts are tokenised and cut as everywhere else (`radit.lm.inputs`); only the new text comes back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from radit.answers import answer_complete, extract_answer
-from radit.lm.prefill import Prefill, context_length, logits_to_keep_supported, model_device, pad_id, select_rows, truncate_prompt
+from radit.ensemble import token_mixture
+from radit.lm.inputs import collate_prompts, pad_id, tokenize_prompts
+from radit.lm.model import context_length, logits_to_keep_supported, model_device
+from radit.lm.prefill import Prefill, select_rows
 from radit.runtime import autocast
+
 
 class _StopAtAnswerEnd(StoppingCriteria):
     """Stops a row once its new text holds a complete answer line, i.e. what `extract_answer` keeps.
@@ -50,12 +61,11 @@ def greedy_generate(
     stop_at_answer_end: bool = False,
     min_new_tokens: int = 1,
 ) -> list[str]:
-    """Greedy continuations of `prompts`, batched with left padding; only the new text is returned.
+    """Greedy continuations of `prompts` by `model.generate`, batched with left padding.
 
     Args:
         model: a causal LM (any `AutoModelForCausalLM`), on any device.
-        tokenizer: its tokenizer (with a pad token, as `load_lm` gives it); its `padding_side` is
-            set to "left" while batching and restored afterwards.
+        tokenizer: its tokenizer (with a pad token, as `load_lm` gives it).
         prompts: the contexts to continue.
         max_new_tokens: decoding steps per prompt (fewer if the model emits its eos token).
         batch_size: prompts per `generate` call. Prompts are sorted by length first, so a batch
@@ -81,50 +91,39 @@ def greedy_generate(
         stats["truncated"] = 0
     if not prompts:
         return []
-    ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-    limit = context_length(model, max_length)
-    truncated = 0
-    for i, p in enumerate(ids):
-        if not p:
-            raise ValueError(f"prompt {prompts[i]!r} has no tokens (and the tokenizer adds no BOS); give a non-empty prompt")
-        # The new tokens play the part of the continuation: the prompt's start makes room for them.
-        ids[i], cut = truncate_prompt(list(p), max_new_tokens, limit, tokenizer.bos_token_id)
-        truncated += cut
+    # The new tokens play the part of the continuation: the prompt's start makes room for them.
+    ids, cut = tokenize_prompts(tokenizer, prompts, max_new_tokens, context_length(model, max_length))
     if stats is not None:
-        stats["truncated"] = truncated
+        stats["truncated"] = sum(cut)
 
     device = model_device(model)
+    pad = pad_id(tokenizer)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     outputs: list[str] = [""] * len(ids)
-    saved_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        with torch.inference_mode(), autocast(device, dtype):
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                # Left padding puts every prompt's last token in the last column, where generation
-                # continues; `generate` derives position ids from the mask, so a padded row sees the
-                # same positions as it would alone.
-                batch = tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
-                input_ids = batch["input_ids"].to(device)
-                kwargs = {}
-                if stop_at_answer_end:
-                    kwargs["stopping_criteria"] = StoppingCriteriaList([_StopAtAnswerEnd(tokenizer, input_ids.shape[1])])
-                out = model.generate(
-                    input_ids=input_ids,
-                    attention_mask=batch["attention_mask"].to(device),
-                    max_new_tokens=max_new_tokens,
-                    min_new_tokens=min_new_tokens,
-                    do_sample=False,
-                    num_beams=1,
-                    pad_token_id=pad_id(tokenizer),
-                    **kwargs,
-                )
-                texts = tokenizer.batch_decode(out[:, input_ids.shape[1] :].cpu(), skip_special_tokens=True)
-                for i, text in zip(rows, texts):
-                    outputs[i] = text
-    finally:
-        tokenizer.padding_side = saved_side
+    with torch.inference_mode(), autocast(device, dtype):
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            # Left padding puts every prompt's last token in the last column, where generation
+            # continues; `generate` derives position ids from the mask, so a padded row sees the
+            # same positions as it would alone.
+            batch = collate_prompts([ids[i] for i in rows], pad)
+            width = batch.input_ids.shape[1]
+            kwargs = {}
+            if stop_at_answer_end:
+                kwargs["stopping_criteria"] = StoppingCriteriaList([_StopAtAnswerEnd(tokenizer, width)])
+            out = model.generate(
+                input_ids=batch.input_ids.to(device),
+                attention_mask=batch.attention_mask.to(device),
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=pad,
+                **kwargs,
+            )
+            texts = tokenizer.batch_decode(out[:, width:].cpu(), skip_special_tokens=True)
+            for i, text in zip(rows, texts):
+                outputs[i] = text
     return outputs
 
 
@@ -134,6 +133,81 @@ def eos_ids(model, tokenizer) -> set[int]:
     if eos is None:
         eos = tokenizer.eos_token_id
     return set() if eos is None else {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
+# --------------------------------------------------------------------------- decoding from a prefill
+
+ChooseNext = Callable[[torch.Tensor], torch.Tensor]
+"""One decoding step's choice: [R, V] float32 next-token log-probs of the rows still decoding ->
+[R] the token each row takes."""
+
+
+def argmax_next(logprobs: torch.Tensor) -> torch.Tensor:
+    """Greedy decoding, each row on its own: [R, V] -> [R]."""
+    return logprobs.argmax(-1)
+
+
+def mixture_next(log_weights: torch.Tensor) -> ChooseNext:
+    """REPLUG's token-level ensemble: every row takes the argmax of the k rows' next-token
+    distributions mixed with p_R (log_weights [k]); [k, V] -> [k], one token repeated."""
+
+    def choose(logprobs: torch.Tensor) -> torch.Tensor:
+        mixed = token_mixture(logprobs, log_weights.to(device=logprobs.device, dtype=torch.float32))  # [V]
+        return mixed.argmax().expand(logprobs.shape[0])
+
+    return choose
+
+
+def _decode_from_prefill(
+    model, tokenizer, pre: Prefill, choose: ChooseNext, max_new_tokens: int, dtype: str,
+    stop_at_answer_end: bool, min_new_tokens: int,
+) -> list[list[int]]:
+    """The decoding loop: feed each row the token `choose` picks until the row stops; its new token ids.
+
+    A row stops at an eos token (not kept), after `max_new_tokens` tokens, or (`stop_at_answer_end`)
+    once its text holds a complete first answer line. Decodes on a copy of `pre`'s cache, so `pre`
+    can be decoded from or scored on again.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    device = model_device(model)
+    n = len(pre.ids)
+    cache = select_rows(pre.cache, torch.arange(n))
+    mask = pre.attention_mask
+    positions = pre.lengths[:, None].clone()  # [R, 1] the position of each row's next token
+    logprobs = pre.next_logprobs  # [R, V]
+    stop = sorted(eos_ids(model, tokenizer))
+    keep_logits = {"logits_to_keep": 1} if logits_to_keep_supported(model) else {}
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    active = list(range(n))  # the rows still decoding, in the order of the cache's batch
+    with torch.inference_mode(), autocast(device, dtype):
+        for step in range(max_new_tokens):
+            if step < min_new_tokens and stop:
+                logprobs = logprobs.clone()
+                logprobs[:, stop] = float("-inf")
+            chosen = choose(logprobs).tolist()
+            keep = []  # positions in `active` of the rows that go on
+            for r, (i, t) in enumerate(zip(active, chosen)):
+                if t in stop:
+                    continue
+                tokens[i].append(t)
+                if not (stop_at_answer_end and answer_complete(tokenizer.decode(tokens[i], skip_special_tokens=True))):
+                    keep.append(r)
+            if not keep or step == max_new_tokens - 1:
+                break
+            if len(keep) < len(active):
+                # Finished rows leave the batch: the cache stops growing (and being copied) for them.
+                idx = torch.tensor(keep, device=mask.device)
+                cache.batch_select_indices(idx)
+                mask, positions = mask[idx], positions[idx]
+                active, chosen = [active[r] for r in keep], [chosen[r] for r in keep]
+            feed = torch.tensor([[t] for t in chosen], device=device)
+            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=mask.device)], dim=1)
+            out = model(input_ids=feed, attention_mask=mask, position_ids=positions.to(device),
+                        cache=cache, use_cache=True, **keep_logits)
+            positions += 1
+            logprobs = out.logits[:, -1].float().log_softmax(-1)  # [R, V]
+    return tokens
 
 
 def greedy_from_prefill(
@@ -156,46 +230,41 @@ def greedy_from_prefill(
     Returns:
         The decoded new text of each prompt, special tokens removed.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    device = model_device(model)
-    n = len(pre.ids)
-    cache = select_rows(pre.cache, torch.arange(n))
-    mask = pre.attention_mask
-    positions = pre.lengths[:, None].clone()  # [P, 1] the position of each row's next token
-    next_logits = pre.next_logprobs
-    stop = eos_ids(model, tokenizer)
-    keep_logits = {"logits_to_keep": 1} if logits_to_keep_supported(model) else {}
-    tokens: list[list[int]] = [[] for _ in range(n)]
-    active = list(range(n))  # the rows still decoding, in the order of the cache's batch
-    with torch.inference_mode(), autocast(device, dtype):
-        for step in range(max_new_tokens):
-            if step < min_new_tokens and stop:
-                next_logits = next_logits.clone()
-                next_logits[:, sorted(stop)] = float("-inf")
-            chosen = next_logits.argmax(-1).tolist()
-            keep = []  # positions in `active` of the rows that go on
-            for r, (i, t) in enumerate(zip(active, chosen)):
-                if t in stop:
-                    continue
-                tokens[i].append(t)
-                if not (stop_at_answer_end and answer_complete(tokenizer.decode(tokens[i], skip_special_tokens=True))):
-                    keep.append(r)
-            if not keep or step == max_new_tokens - 1:
-                break
-            if len(keep) < len(active):
-                # Finished rows leave the batch: the cache stops growing (and being copied) for them.
-                idx = torch.tensor(keep, device=mask.device)
-                cache.batch_select_indices(idx)
-                mask, positions = mask[idx], positions[idx]
-                active, chosen = [active[r] for r in keep], [chosen[r] for r in keep]
-            feed = torch.tensor([[t] for t in chosen], device=device)
-            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=mask.device)], dim=1)
-            out = model(input_ids=feed, attention_mask=mask, position_ids=positions.to(device),
-                        cache=cache, use_cache=True, **keep_logits)
-            positions += 1
-            next_logits = out.logits[:, -1]
+    tokens = _decode_from_prefill(model, tokenizer, pre, argmax_next, max_new_tokens, dtype,
+                                  stop_at_answer_end, min_new_tokens)
     return [tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+
+
+def ensemble_from_prefill(
+    model,
+    tokenizer,
+    pre: Prefill,
+    log_weights: torch.Tensor,
+    max_new_tokens: int = 32,
+    dtype: str = "float32",
+    stop_at_answer_end: bool = False,
+    min_new_tokens: int = 1,
+) -> str:
+    """One answer decoded from k prefilled prompts by REPLUG's token-level ensemble.
+
+    Each step mixes the k next-token distributions with p_R,
+    log sum_c p_LM(token | c ∘ x, y_<t) p_R(c | x), takes the argmax and feeds it to all k prompts.
+    With one prompt (or all of p_R on one) this is `greedy_from_prefill` of that prompt.
+
+    Args:
+        pre: the k prompts (`prefill(reserve=max_new_tokens)`).
+        log_weights: [k] log p_R(c | x) of the prompts (`radit.ensemble.retrieval_log_weights`).
+        Others: as for `greedy_from_prefill`.
+
+    Returns:
+        The decoded new text, special tokens removed.
+    """
+    if log_weights.shape != (len(pre.ids),):
+        raise ValueError(f"log_weights must have one entry per prompt ({len(pre.ids)}), got shape {tuple(log_weights.shape)}")
+    tokens = _decode_from_prefill(model, tokenizer, pre, mixture_next(log_weights), max_new_tokens, dtype,
+                                  stop_at_answer_end, min_new_tokens)
+    # Every row took the same tokens (and so stopped at the same step): any row is the answer.
+    return tokenizer.decode(tokens[0], skip_special_tokens=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -204,17 +273,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     import json
 
     from radit.lm.model import load_lm
+    from radit.runtime import DTYPE_CHOICES, resolve_dtype
 
     parser = argparse.ArgumentParser(prog="python -m radit.lm.generate", description=main.__doc__)
     parser.add_argument("--model", default="smollm2-135m-instruct", help="folder, packaged name or hub name")
     parser.add_argument("--prompt", action="append", required=True, help="a prompt to continue (repeatable)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES, help="auto: bfloat16 where it is fast")
     args = parser.parse_args(argv)
 
     model, tokenizer = load_lm(args.model, device=args.device, dtype=args.dtype)
-    texts = greedy_generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, dtype=args.dtype)
+    dtype = resolve_dtype(args.dtype, model_device(model))
+    texts = greedy_generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, dtype=dtype)
     for prompt, text in zip(args.prompt, texts):
         print(json.dumps({"prompt": prompt, "generated": text, "answer": extract_answer(text)}))
 

@@ -1,6 +1,6 @@
 """Load any Hugging Face causal LM and its tokenizer for scoring, fine-tuning and generation.
 
-    python -c "from radit.lm import load_lm; m, t = load_lm('smollm2-135m-instruct'); print(type(m).__name__, t.pad_token)"
+    python -c "from radit.lm.model import load_lm; m, t = load_lm('smollm2-135m-instruct'); print(type(m).__name__, t.pad_token)"
 
 `spec` is anything `radit.models.resolve_model` understands: a local folder, a packaged offline model
 (`smollm2-135m-instruct`) or a hub name (`meta-llama/Llama-2-7b-hf`).
@@ -8,10 +8,13 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 
+import torch
+
 from radit.models import resolve_model
-from radit.runtime import DTYPES, resolve_device
+from radit.runtime import DTYPES, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +25,8 @@ def load_lm(spec: str, device: str = "auto", dtype: str = "float32"):
     Args:
         spec: a folder, a packaged model name or a hub name (see `radit.models.resolve_model`).
         device: `auto`, `cpu`, `cuda`, `cuda:1`, `mps`, ... (see `radit.runtime.resolve_device`).
-        dtype: `float32`, `bfloat16` or `float16`. On an accelerator the weights are stored in this
+        dtype: `float32`, `bfloat16`, `float16`, or `auto` (`radit.runtime.resolve_dtype`: bfloat16
+            where the device runs it fast, else float32). On an accelerator the weights are stored in this
             dtype (half the memory). On CPU the weights stay float32 whatever `dtype` says: callers
             get low precision from `radit.runtime.autocast(device, dtype)` instead. CPU kernels for
             half-precision weights are slow or missing for many ops (float16 especially), and
@@ -39,10 +43,9 @@ def load_lm(spec: str, device: str = "auto", dtype: str = "float32"):
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
-    path = resolve_model(spec)
     torch_device = resolve_device(device)
+    dtype = resolve_dtype(dtype, torch_device)  # an unknown dtype fails here, before any loading
+    path = resolve_model(spec)
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
@@ -59,3 +62,18 @@ def load_lm(spec: str, device: str = "auto", dtype: str = "float32"):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=weights_dtype)
     model.to(torch_device).eval()
     return model, tokenizer
+
+
+def model_device(model) -> torch.device:
+    """The device of the model's weights: where its inputs go."""
+    return next(model.parameters()).device
+
+
+def context_length(model, max_length: int | None = None) -> int | None:
+    """`max_length` if given, else the model's `max_position_embeddings` (None if it has none)."""
+    return max_length if max_length is not None else getattr(model.config, "max_position_embeddings", None)
+
+
+def logits_to_keep_supported(model) -> bool:
+    """Whether the forward can project only some positions onto the vocabulary (`logits_to_keep`)."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters

@@ -4,13 +4,14 @@
         --prompt $'Question: What is the capital of France?\\nAnswer:' --continuation " Paris" --continuation " London"
 
 Everything here returns *log* scores, higher = better: `nll` is the summed log-probability, i.e. minus
-the negative log-likelihood the paper names it after (App. B "scoring functions"). The model-facing
-functions (`continuation_logprobs`, `prefilled_logprobs`, `shared_prompt_logprobs`) return per-token log-probs; the scores
-(`score`, `SCORERS`) are pure functions of those, testable without a model.
+the negative log-likelihood the paper names it after (App. B "scoring functions").
 
-Prompt and continuation are tokenised separately and their ids concatenated (`radit.lm.prefill`: the
-prompt with the tokenizer's special tokens, the continuation with none), so a continuation has a
-well-defined token count that does not depend on the prompt before it.
+- `target_logprobs` and `pair_logprobs` are the differentiable core: log p of a `PairBatch`'s target
+  tokens. Inference calls them under `torch.inference_mode`; LM fine-tuning (Eq. 3) calls them with
+  gradients, on pairs encoded by the same `radit.lm.inputs.encode_pairs`.
+- `continuation_logprobs`, `prefilled_logprobs`, `shared_prompt_logprobs` and `candidate_logprobs`
+  return per-token log-probs of text pairs (the last three reuse the prompts' KV cache).
+- The scores (`score`, `SCORERS`) are pure functions of those, testable without a model.
 """
 
 from __future__ import annotations
@@ -19,34 +20,68 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from radit.lm.prefill import (
-    Prefill,
-    context_length,
-    encode_continuations,
-    encode_prompts,
-    logits_to_keep_supported,
-    model_device,
+from radit.lm.inputs import (
+    IGNORE_INDEX,
+    PairBatch,
+    collate_pairs,
     pad_id,
-    prefill,
-    select_rows,
-    truncate_prompt,
+    tokenize_continuations,
+    tokenize_pairs,
 )
+from radit.lm.model import context_length, logits_to_keep_supported, model_device
+from radit.lm.prefill import Prefill, prefill, select_rows
 from radit.runtime import autocast
 
 COMP_PROMPT = "Answer:"
 """The context that `nll_comp` divides by: the caller scores each answer after just this prompt."""
 
 
-# --------------------------------------------------------------------------- model calls
+# --------------------------------------------------------------------------- the differentiable core
 
 
-def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log_softmax(logits)[targets] in float32 without materialising the full log-softmax.
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] per position, in float32; 0 where the target is `IGNORE_INDEX`.
 
-    logits: [B, S, V]; targets: [B, S] -> [B, S].
+    Pure and differentiable: the LM fine-tuning loss (Eq. 3) is minus its sum over the answer
+    tokens. Computed as logit - logsumexp(logits), without materialising the full log-softmax.
+
+    Args:
+        logits: [B, S, V] next-token logits (any float dtype).
+        targets: [B, S] the token each position is scored against, or IGNORE_INDEX.
+
+    Returns:
+        [B, S] float32 log-probabilities.
     """
     logits = logits.float()
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    scored = targets != IGNORE_INDEX  # [B, S]
+    picked = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [B, S]
+    return torch.where(scored, picked - logits.logsumexp(-1), torch.zeros_like(picked))
+
+
+def pair_logprobs(model, batch: PairBatch) -> torch.Tensor:
+    """[B, W] log p(target) at every position of `batch` (0 where nothing is scored), in float32.
+
+    One forward pass; only the columns that predict a continuation token are projected onto the
+    vocabulary (`PairBatch.target_span`). Runs with gradients unless the caller is in
+    `torch.inference_mode` / `no_grad`, and in the caller's autocast precision. `batch.split(out)`
+    gives each pair's per-token log-probs; -out.sum() is the summed NLL of the answer tokens (Eq. 3).
+    """
+    device = model_device(model)
+    batch = batch.to(device)
+    width = batch.targets.shape[1]
+    span = batch.target_span()
+    if span.start == span.stop:
+        return torch.zeros(batch.targets.shape, dtype=torch.float32, device=device)
+    if logits_to_keep_supported(model):
+        logits = model(**batch.model_inputs(), use_cache=False,
+                       logits_to_keep=torch.arange(span.start, span.stop, device=device)).logits  # [B, S, V]
+    else:
+        logits = model(**batch.model_inputs(), use_cache=False).logits[:, span]  # [B, S, V]
+    lp = target_logprobs(logits, batch.targets[:, span])  # [B, S]
+    return torch.nn.functional.pad(lp, (span.start, width - span.stop))  # [B, W]
+
+
+# --------------------------------------------------------------------------- text pairs
 
 
 def continuation_logprobs(
@@ -61,8 +96,9 @@ def continuation_logprobs(
 ) -> list[torch.Tensor]:
     """log p(y_t | x, y_<t) for each continuation token, for each (prompt x, continuation y) pair.
 
-    Pairs are sorted by total length and batched with right padding, so that a batch wastes little
-    compute on padding; results come back in the input order.
+    The pairs are encoded by `radit.lm.inputs.tokenize_pairs` (as for training), sorted by total
+    length and batched with right padding, so that a batch wastes little compute on padding;
+    results come back in the input order.
 
     Args:
         model: a causal LM (any `AutoModelForCausalLM`), on any device.
@@ -81,69 +117,21 @@ def continuation_logprobs(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not prompts and not continuations:
-        if stats is not None:
-            stats["truncated"] = 0
-        return []
-    if len(prompts) != len(continuations):
-        raise ValueError(f"got {len(prompts)} prompts but {len(continuations)} continuations; pass one per pair")
-    prompt_ids, cont_ids = encode_prompts(tokenizer, prompts), encode_continuations(tokenizer, continuations)
-    limit = context_length(model, max_length)
-    truncated = 0
-    for i, (p, c) in enumerate(zip(prompt_ids, cont_ids)):
-        prompt_ids[i], cut = truncate_prompt(p, len(c), limit, tokenizer.bos_token_id)
-        truncated += cut
+    pairs = tokenize_pairs(tokenizer, prompts, continuations, context_length(model, max_length))
     if stats is not None:
-        stats["truncated"] = truncated
-
-    device = model_device(model)
-    pad = pad_id(tokenizer)
-    keep_logits = logits_to_keep_supported(model)
-    results: list[torch.Tensor] = [torch.empty(0)] * len(prompt_ids)
+        stats["truncated"] = sum(x.truncated for x in pairs)
+    results: list[torch.Tensor] = [torch.empty(0)] * len(pairs)
     # Longest first: a batch that does not fit in memory fails at once, not at the end of a long run.
-    scored = [i for i in range(len(prompt_ids)) if cont_ids[i]]
-    order = sorted(scored, key=lambda i: -(len(prompt_ids[i]) + len(cont_ids[i])))
-
-    with torch.inference_mode(), autocast(device, dtype):
+    scored = [i for i, x in enumerate(pairs) if x.continuation]
+    order = sorted(scored, key=lambda i: -(len(pairs[i].prompt) + len(pairs[i].continuation)))
+    pad = pad_id(tokenizer)
+    with torch.inference_mode(), autocast(model_device(model), dtype):
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            p_lens = [len(prompt_ids[i]) for i in rows]
-            c_lens = [len(cont_ids[i]) for i in rows]
-            width = max(p + c for p, c in zip(p_lens, c_lens))
-            input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for b, i in enumerate(rows):
-                ids = prompt_ids[i] + cont_ids[i]
-                input_ids[b, : len(ids)] = torch.tensor(ids)
-                attention_mask[b, : len(ids)] = 1
-            # Right padding: every row's real tokens sit at 0..len-1, so plain positions are right for
-            # them; the padded tail is masked out and never read.
-            position_ids = torch.arange(width).expand(len(rows), width)
-
-            # Logit position t predicts token t + 1. Only the span that predicts some row's
-            # continuation is projected onto the vocabulary: [B, T, V] logits are the memory peak.
-            first = min(p - 1 for p in p_lens)
-            last = max(p + c - 2 for p, c in zip(p_lens, c_lens))
-            span = torch.arange(first, last + 1)
-            kwargs = {"logits_to_keep": span.to(device)} if keep_logits else {}
-            logits = model(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                position_ids=position_ids.to(device),
-                use_cache=False,
-                **kwargs,
-            ).logits  # [B, S or T, V]
-            if not keep_logits:
-                logits = logits[:, first : last + 1]
-
-            targets = torch.zeros((len(rows), len(span)), dtype=torch.long)  # [B, S]
-            for b, i in enumerate(rows):
-                offset = p_lens[b] - 1 - first
-                targets[b, offset : offset + c_lens[b]] = torch.tensor(cont_ids[i])
-            token_lp = _token_logprobs(logits, targets.to(device)).cpu()  # [B, S]
-            for b, i in enumerate(rows):
-                offset = p_lens[b] - 1 - first
-                results[i] = token_lp[b, offset : offset + c_lens[b]].clone()
+            batch = collate_pairs([pairs[i] for i in rows], pad)
+            token_lp = pair_logprobs(model, batch).cpu()  # [B, W]
+            for i, lp in zip(rows, batch.split(token_lp)):
+                results[i] = lp.clone()
     return results
 
 
@@ -175,8 +163,8 @@ def prefilled_logprobs(
     Returns:
         [prompts][continuations] 1-D float32 CPU tensors of per-token log-probs.
     """
-    cont_ids = encode_continuations(tokenizer, continuations)
-    n_prompts, n_cont = len(pre.ids), len(cont_ids)
+    cont_ids = tokenize_continuations(tokenizer, continuations)
+    n_prompts = len(pre.ids)
     device = model_device(model)
     if max_rows is None:
         max_rows = max(n_prompts, 16) if device.type == "cpu" else 64
@@ -205,7 +193,7 @@ def prefilled_logprobs(
                 # Feed each continuation but its last token: its position j predicts token j + 1.
                 input_ids = torch.full((g, width), pad, dtype=torch.long)
                 cont_mask = torch.zeros((g, width), dtype=torch.long)
-                targets = torch.zeros((g, width), dtype=torch.long)
+                targets = torch.full((g, width), IGNORE_INDEX, dtype=torch.long)
                 for i, j in enumerate(group):
                     c = cont_ids[j]
                     input_ids[i, : len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
@@ -222,7 +210,7 @@ def prefilled_logprobs(
                     cache=cache,
                     use_cache=True,
                 ).logits  # [R*G, width, V]
-                rest = _token_logprobs(logits, targets.repeat(n_rows, 1).to(device)).cpu()  # [R*G, width]
+                rest = target_logprobs(logits, targets.repeat(n_rows, 1).to(device)).cpu()  # [R*G, width]
                 for r, p in enumerate(prompts.tolist()):
                     for i, j in enumerate(group):
                         results[p][j] = torch.cat([results[p][j], rest[r * g + i, : len(cont_ids[j]) - 1]])
@@ -261,11 +249,59 @@ def shared_prompt_logprobs(
         if stats is not None:
             stats["truncated"] = 0
         return []
-    longest = max(len(c) for c in encode_continuations(tokenizer, continuations))
+    longest = max(len(c) for c in tokenize_continuations(tokenizer, continuations))
     pre = prefill(model, tokenizer, [prompt], reserve=longest, dtype=dtype, max_length=max_length)
     if stats is not None:
         stats["truncated"] = len(continuations) if pre.truncated else 0
     return prefilled_logprobs(model, tokenizer, pre, continuations, dtype=dtype)[0]
+
+
+def candidate_logprobs(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    candidates: Sequence[str],
+    *,
+    dtype: str = "float32",
+    naive: bool = False,
+    pre: Prefill | None = None,
+) -> list[list[torch.Tensor]]:
+    """log p_LM(y | c ∘ x) per token, for every candidate y after every prompt c ∘ x.
+
+    The LM side of RA-DIT's two equations:
+
+    - Eq. 2 (the parallel ensemble): p_LM(y | x, C') = sum_c p_LM(y | c ∘ x) p_R(c | x) needs every
+      candidate answer under every retrieved chunk's prompt;
+    - Eq. 4 (LM-supervised retrieval): p_LSR(c | x, y) = softmax_c(log p_LM(y | c ∘ x) / τ) needs the
+      gold answer y under every chunk, from the frozen LM (this runs under `torch.inference_mode`).
+
+    Args:
+        model, tokenizer: a causal LM and its tokenizer.
+        prompts: the P contexts c ∘ x (e.g. one question's k `Background: {chunk}` prompts).
+        candidates: the C continuations y, as they follow the prompt (`template.continuation(answer)`).
+        dtype: autocast precision (concrete: `radit.runtime.resolve_dtype` first).
+        naive: one full forward per (prompt, candidate) pair (`continuation_logprobs(batch_size=1)`),
+            the reference for the default: the prompts run once (`prefill`) and the candidates are
+            scored on their KV cache (`prefilled_logprobs`). Equal up to float rounding.
+        pre: the prompts already prefilled (e.g. after decoding from them), with room for the longest
+            candidate; not with `naive`.
+
+    Returns:
+        [P][C] 1-D float32 CPU tensors: candidate j's per-token log-probs after prompt i.
+    """
+    if pre is not None and (naive or len(pre.ids) != len(prompts)):
+        raise ValueError("pre must be the prefill of the same prompts, and is not used with naive=True")
+    if not prompts:
+        return []
+    if not candidates:
+        return [[] for _ in prompts]
+    if naive:
+        return [continuation_logprobs(model, tokenizer, [p] * len(candidates), candidates, batch_size=1, dtype=dtype)
+                for p in prompts]
+    if pre is None:
+        longest = max(len(c) for c in tokenize_continuations(tokenizer, candidates))
+        pre = prefill(model, tokenizer, prompts, reserve=longest, dtype=dtype)
+    return prefilled_logprobs(model, tokenizer, pre, candidates, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- scores (pure)
@@ -327,18 +363,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     import json
 
     from radit.lm.model import load_lm
+    from radit.runtime import DTYPE_CHOICES, resolve_dtype
 
     parser = argparse.ArgumentParser(prog="python -m radit.lm.scoring", description=main.__doc__)
     parser.add_argument("--model", default="smollm2-135m-instruct", help="folder, packaged name or hub name")
     parser.add_argument("--prompt", required=True, help="the context x")
     parser.add_argument("--continuation", action="append", required=True, help="a candidate answer y (repeatable)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES, help="auto: bfloat16 where it is fast")
     args = parser.parse_args(argv)
 
     model, tokenizer = load_lm(args.model, device=args.device, dtype=args.dtype)
-    logprobs = shared_prompt_logprobs(model, tokenizer, args.prompt, args.continuation, dtype=args.dtype)
-    comp = shared_prompt_logprobs(model, tokenizer, COMP_PROMPT, args.continuation, dtype=args.dtype)
+    dtype = resolve_dtype(args.dtype, model_device(model))
+    logprobs = shared_prompt_logprobs(model, tokenizer, args.prompt, args.continuation, dtype=dtype)
+    comp = shared_prompt_logprobs(model, tokenizer, COMP_PROMPT, args.continuation, dtype=dtype)
     for text, lp, clp in zip(args.continuation, logprobs, comp):
         scores = {m: round(score(lp, text, m, clp), 4) for m in SCORERS}
         print(json.dumps({"continuation": text, "tokens": lp.numel(), **scores}))

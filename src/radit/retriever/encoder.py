@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,7 @@ from tqdm.auto import tqdm
 
 from radit.config import EncoderConfig
 from radit.models import resolve_model, weights_fingerprint
-from radit.runtime import autocast
-
-log = logging.getLogger(__name__)
+from radit.runtime import autocast, resolve_dtype
 
 ENCODER_SETTINGS_FILE = "radit_encoder.json"
 
@@ -138,10 +135,13 @@ class Encoder(nn.Module):
 
     @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 64, dtype: str = "float32", progress: bool = False) -> np.ndarray:
-        """Embed `texts` -> float32 [N, dim]. Longest texts first so each batch pads little."""
+        """Embed `texts` -> float32 [N, dim]. Longest texts first so each batch pads little.
+
+        `dtype` is the compute precision (autocast); `auto` picks it for this encoder's device.
+        """
         order = np.argsort([-len(t) for t in texts], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        with autocast(self.device, dtype):
+        with autocast(self.device, resolve_dtype(dtype, self.device)):
             for start in tqdm(range(0, len(texts), batch_size), disable=not progress, desc="encode", unit="batch"):
                 idx = order[start : start + batch_size]
                 out[idx] = self(**self.tokenize([texts[i] for i in idx])).cpu().numpy()
@@ -166,8 +166,3 @@ class DualEncoder:
         else:
             query = Encoder.load(q_spec, spec.pooling, spec.normalize, spec.query_max_length, spec.query_prefix).to(device)
         return cls(query, doc, spec)
-
-    @staticmethod
-    def score(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        """q [Q, H], d [N, H] -> s [Q, N] = E_q(x) · E_d(c)."""
-        return q @ d.T

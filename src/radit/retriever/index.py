@@ -3,13 +3,18 @@
     radit index --passages runs/corpus/passages.jsonl --output runs/index
 
 Layout of an index directory:
+    .radit-output         marks the directory as radit's (see radit.artifacts.OUTPUT_MARKER)
     manifest.json         written last; an index without it does not load (a killed run never
-                          leaves an index that looks complete)
-    config.yaml           the resolved config of the run
-    embeddings/state.json which passages/encoder/shard size the shards belong to
-    embeddings/shard_00000.npy, shard_00000.ids.json, ...   finished shards; a rerun skips them
+                          leaves an index that looks complete). See radit.retriever.manifest.
+    config.yaml           the resolved config of the run: `radit index --config` on it resumes or repairs
+    embeddings/           the document vectors in shards; a rerun skips finished ones (radit.retriever.shards)
     passage_offsets.npy   byte offset of each passage line, for random access at search time
     faiss.index           (dense) or bm25/ (bm25)
+
+Nothing in an existing --output is touched before every check has passed: the passages are read, the
+encoder is loaded, and the directory's previous build is compared with this one. Another build there
+(other passages, encoder, shard layout, dtype or backend) is replaced only with --overwrite, and a
+non-empty directory that is not a radit index is never written into.
 """
 
 from __future__ import annotations
@@ -28,127 +33,42 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import radit
-from radit.artifacts import atomic_open, atomic_path, atomic_write_json, file_sha256
-from radit.config import IndexConfig, save_yaml
+from radit.artifacts import OUTPUT_MARKER, atomic_open, atomic_path, atomic_write_json, is_radit_output_dir, mark_output_dir
+from radit.config import IndexConfig
+from radit.config_io import save_yaml
 from radit.corpus import PassageStore
-from radit.retriever.encoder import DualEncoder, EncoderSpec, passage_input, resolve_encoder_spec
-from radit.runtime import resolve_device
+from radit.retriever.bm25 import BM25_DIR, build_bm25
+from radit.retriever.encoder import DualEncoder, Encoder, passage_input, resolve_encoder_spec
+from radit.retriever.manifest import FAISS_FILE, FORMAT_VERSION, MANIFEST, OFFSETS_FILE, IndexMismatchError, passages_record
+from radit.retriever.shards import EMBEDDINGS_DIR, STATE_FILE, ShardedVectors, shard_done, shard_rows, write_shard
+from radit.runtime import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
 
-
-class IndexMismatchError(ValueError):
-    """An index directory that is incomplete or does not match what it is used with."""
-
-
-def passages_fingerprint(path: str | Path, window: int = 4 << 20) -> str:
-    """Cheap identity of a passages file: its size plus the sha256 of its first and last 4 MiB.
-
-    Checked on every load; the full sha256 is recorded in the manifest too (`radit index` computes it).
-    """
-    import hashlib
-
-    path = Path(path)
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(window))
-        if size > window:
-            f.seek(max(window, size - window))
-            h.update(f.read(window))
-    return h.hexdigest()
-
-
-def _shard_paths(emb_dir: Path, i: int) -> tuple[Path, Path]:
-    return emb_dir / f"shard_{i:05d}.npy", emb_dir / f"shard_{i:05d}.ids.json"
-
-
-def _prepare_dir(out: Path, state: dict[str, Any], overwrite: bool) -> None:
-    """Invalidate the old manifest, then keep finished shards only if they belong to this build."""
-    (out / MANIFEST).unlink(missing_ok=True)
-    emb_dir = out / "embeddings"
-    state_file = emb_dir / "state.json"
-    if state_file.is_file():
-        old = json.loads(state_file.read_text())
-        if old != state:
-            changed = sorted(k for k in state if old.get(k) != state[k])
-            if not overwrite:
-                raise IndexMismatchError(
-                    f"{out} holds embeddings of another build (differs in: {', '.join(changed)}); "
-                    "pass --overwrite to delete them, or choose another --output"
-                )
-            log.warning("--overwrite: deleting embeddings of another build in %s (differs in %s)", emb_dir, changed)
-            shutil.rmtree(emb_dir)
-    emb_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(state_file, state)
-
-
-def embed_passages(store: PassageStore, encoder, emb_dir: Path, cfg: IndexConfig) -> int:
-    """Embed every passage into shards of `cfg.shard_size` rows; returns the number of shards."""
+def embed_passages(store: PassageStore, encoder: Encoder, emb_dir: Path, cfg: IndexConfig, dtype: str) -> int:
+    """Embed every passage into shards of `cfg.shard_size` rows, computing in `dtype` (concrete, not
+    `auto`); returns the number of shards. Finished, readable shards of an earlier run are kept."""
     n = len(store)
     n_shards = max(1, math.ceil(n / cfg.shard_size))
-    done = [i for i in range(n_shards) if _shard_paths(emb_dir, i)[1].is_file()]
+    done = {i for i in range(n_shards) if shard_done(emb_dir, i, shard_rows(i, n, cfg.shard_size), encoder.dim)}
     if done:
         log.info("resuming: %d of %d shards already embedded", len(done), n_shards)
-    bar = tqdm(total=n, desc="embed passages", unit="passage", initial=min(n, len(done) * cfg.shard_size))
+    bar = tqdm(total=n, desc="embed passages", unit="passage", initial=sum(shard_rows(i, n, cfg.shard_size) for i in done))
     for i in range(n_shards):
-        npy, ids_file = _shard_paths(emb_dir, i)
-        if ids_file.is_file():
+        if i in done:
             continue
         rows = range(i * cfg.shard_size, min(n, (i + 1) * cfg.shard_size))
         passages = store.get_many(rows)
         texts = [passage_input(p) for p in passages]
-        emb = np.empty((len(texts), encoder.dim), dtype=np.float32)
+        emb = np.empty((len(texts), encoder.dim), dtype=np.float32)  # [rows, dim]
         for start in range(0, len(texts), cfg.batch_size * 16):
             block = texts[start : start + cfg.batch_size * 16]
-            emb[start : start + len(block)] = encoder.encode(block, batch_size=cfg.batch_size, dtype=cfg.dtype)
+            emb[start : start + len(block)] = encoder.encode(block, batch_size=cfg.batch_size, dtype=dtype)
             bar.update(len(block))
-        with atomic_open(npy, "wb") as f:
-            np.save(f, emb.astype(cfg.embedding_dtype))
-        # The ids file is the shard's completion mark, so it is written after the vectors.
-        with atomic_open(ids_file) as f:
-            json.dump([p["id"] for p in passages], f)
+        write_shard(emb_dir, i, emb, [p["id"] for p in passages], cfg.embedding_dtype)
     bar.close()
     return n_shards
-
-
-def iter_shards(emb_dir: Path, n_shards: int):
-    for i in range(n_shards):
-        yield np.load(_shard_paths(emb_dir, i)[0], mmap_mode="r")
-
-
-class ShardedVectors:
-    """Rows of the memory-mapped embedding shards, gathered by global row number (for exact re-ranking)."""
-
-    def __init__(self, emb_dir: Path, n_shards: int, shard_size: int):
-        self.shards = list(iter_shards(emb_dir, n_shards))
-        self.shard_size = shard_size
-
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
-        """rows [...] int -> float32 [..., dim]; rows < 0 give zero vectors."""
-        flat = rows.reshape(-1)
-        out = np.zeros((len(flat), self.shards[0].shape[1]), dtype=np.float32)
-        valid = flat >= 0
-        shard, offset = np.divmod(flat[valid], self.shard_size)
-        dest = np.flatnonzero(valid)
-        for s in np.unique(shard):
-            sel = shard == s
-            out[dest[sel]] = self.shards[s][offset[sel]]
-        return out.reshape(*rows.shape, -1)
-
-
-def rerank_exact(q: np.ndarray, rows: np.ndarray, vectors, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Re-score approximate candidates exactly and keep the best k.
-
-    q [Q, d]; rows [Q, C] candidate rows (-1 = none); vectors(rows) -> [Q, C, d] -> (scores [Q, k], rows [Q, k]).
-    """
-    scores = np.einsum("qd,qcd->qc", q, vectors(rows))
-    scores[rows < 0] = -np.inf
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(scores, top, 1), np.take_along_axis(rows, top, 1)
 
 
 def make_faiss_index(dim: int, n: int, cfg: IndexConfig) -> tuple[faiss.Index, dict[str, Any]]:
@@ -195,46 +115,105 @@ def build_faiss(shards: list[np.ndarray], dim: int, cfg: IndexConfig) -> tuple[f
     return index, params
 
 
+def _build_state(out: Path) -> dict[str, Any] | None:
+    """What the build in `out` was made from (None: nothing to compare, e.g. a build killed early)."""
+    manifest_path, state_path = out / MANIFEST, out / EMBEDDINGS_DIR / STATE_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if manifest["backend"] == "bm25":
+            return {"backend": "bm25", "passages_sha256": manifest["passages"]["sha256"]}
+    except FileNotFoundError:
+        pass
+    except (ValueError, KeyError, TypeError) as e:
+        log.warning("%s: unreadable (%s); comparing with the embeddings state only", manifest_path, e)
+    try:
+        # States written before `backend` and `dtype` were recorded are dense fp32 builds.
+        return {"backend": "dense", "dtype": "float32", **json.loads(state_path.read_text(encoding="utf-8"))}
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as e:
+        log.warning("%s: unreadable (%s); building over it", state_path, e)
+        return None
+
+
+def _describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    parts = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            short = all(len(str(v)) <= 24 for v in (old.get(key), new.get(key)))
+            parts.append(f"{key} {old.get(key)} -> {new.get(key)}" if short else key)
+    return ", ".join(parts)
+
+
+def check_output_dir(out: Path, state: dict[str, Any], overwrite: bool) -> list[Path]:
+    """Raise unless `out` may receive a build of `state`; touches nothing.
+
+    `out` may be absent, empty, or an index directory radit wrote (its marker, or from before the
+    marker existed, its manifest or embeddings state). Another build there needs `overwrite`.
+
+    Returns:
+        The files and directories of a previous build that this one replaces (to delete, once every
+        other check has passed too).
+    """
+    if not out.exists():
+        if out.is_symlink():
+            raise FileNotFoundError(f"--output {out} is a broken symlink; remove it or choose another --output")
+        return []
+    if not out.is_dir():
+        raise NotADirectoryError(f"--output {out} is a file; an index is a directory: choose another --output")
+    if not any(out.iterdir()):
+        return []
+    if not (is_radit_output_dir(out) or (out / MANIFEST).is_file() or (out / EMBEDDINGS_DIR / STATE_FILE).is_file()):
+        raise ValueError(
+            f"--output {out} is a non-empty directory that is not an index radit wrote (no {OUTPUT_MARKER} or "
+            f"{MANIFEST}); nothing was written to it: choose another --output or empty it"
+        )
+    old = _build_state(out)
+    if old is not None and old != state:
+        what = "embeddings" if old["backend"] == "dense" else "a bm25 index"
+        if not overwrite:
+            raise IndexMismatchError(
+                f"{out} holds {what} of another build (differs in: {_describe_change(old, state)}); nothing was "
+                "changed: pass --overwrite to replace it, or choose another --output"
+            )
+        log.warning("--overwrite: replacing %s of another build in %s (%s)", what, out, _describe_change(old, state))
+        return [out / EMBEDDINGS_DIR, out / FAISS_FILE, out / BM25_DIR]
+    return [out / BM25_DIR] if state["backend"] == "bm25" else []  # bm25/ is rebuilt whole
+
+
 def build_index(cfg: IndexConfig) -> Path:
-    """The `radit index` stage: passages -> embeddings shards -> FAISS index (or BM25) + manifest."""
+    """The `radit index` stage: passages -> embeddings shards -> FAISS index (or BM25) + manifest.
+
+    Everything that can fail on bad input (the passages, the encoder, the output directory) is checked
+    before the first write to `cfg.output`.
+    """
     out = Path(cfg.output)
     passages = Path(cfg.passages)
     if not passages.is_file():
-        raise FileNotFoundError(f"--passages {passages} does not exist; write it with `radit corpus`")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)
-    save_yaml(cfg, out / "config.yaml")
+        raise FileNotFoundError(f"--passages {passages} does not exist or is not a file; write it with `radit corpus`")
     t0 = time.time()
     log.info("scanning %s", passages)
-    offsets = PassageStore.scan_offsets(passages)
+    offsets = PassageStore.scan_offsets(passages)  # int64 [count]
     if len(offsets) == 0:
         raise ValueError(f"--passages {passages} holds no passages")
-    with atomic_open(out / "passage_offsets.npy", "wb") as f:
-        np.save(f, offsets)
     store = PassageStore(passages, offsets)
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "radit_version": radit.__version__,
         "backend": cfg.backend,
         "count": len(store),
-        "passages": {
-            "path": str(passages.resolve()),
-            "fingerprint": passages_fingerprint(passages),
-            "sha256": file_sha256(passages),
-        },
+        "passages": passages_record(passages),
     }
     if cfg.backend == "bm25":
-        from radit.retriever.search import build_bm25
-
-        with atomic_path(out / "bm25") as tmp:
-            build_bm25(store, tmp)
-        manifest["index_type"] = "bm25"
+        state: dict[str, Any] = {"backend": "bm25", "passages_sha256": manifest["passages"]["sha256"]}
     else:
         spec = resolve_encoder_spec(cfg.encoder)
         device = resolve_device(cfg.device)
+        cfg = dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype, device))  # once, recorded below
         dual = DualEncoder.load(spec, device)
         doc_fp = dual.doc.fingerprint()
         state = {
+            "backend": "dense",
             "passages_sha256": manifest["passages"]["sha256"],
             "doc_encoder": spec.doc_model,
             "doc_encoder_fingerprint": doc_fp,
@@ -244,12 +223,34 @@ def build_index(cfg: IndexConfig) -> Path:
             "doc_max_length": spec.doc_max_length,
             "shard_size": cfg.shard_size,
             "embedding_dtype": cfg.embedding_dtype,
+            "dtype": cfg.dtype,
         }
-        _prepare_dir(out, state, cfg.overwrite)
-        n_shards = embed_passages(store, dual.doc, out / "embeddings", cfg)
-        shards = list(iter_shards(out / "embeddings", n_shards))
+    stale = check_output_dir(out, state, cfg.overwrite)
+
+    # Every check passed: from here on `out` is changed.
+    out.mkdir(parents=True, exist_ok=True)
+    mark_output_dir(out, "index")
+    (out / MANIFEST).unlink(missing_ok=True)
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    save_yaml(cfg, out / "config.yaml")
+    with atomic_open(out / OFFSETS_FILE, "wb") as f:
+        np.save(f, offsets)
+    if cfg.backend == "bm25":
+        with atomic_path(out / BM25_DIR, kind="dir") as tmp:
+            build_bm25(store, tmp)
+        manifest["index_type"] = "bm25"
+    else:
+        emb_dir = out / EMBEDDINGS_DIR
+        emb_dir.mkdir(exist_ok=True)
+        atomic_write_json(emb_dir / STATE_FILE, state)
+        n_shards = embed_passages(store, dual.doc, emb_dir, cfg, cfg.dtype)
+        shards = ShardedVectors(emb_dir, len(store), cfg.shard_size, dual.doc.dim).shards
         index, params = build_faiss(shards, dual.doc.dim, cfg)
-        with atomic_path(out / "faiss.index") as tmp:
+        with atomic_path(out / FAISS_FILE) as tmp:
             faiss.write_index(index, str(tmp))
         manifest.update(
             index_type=cfg.index_type,
@@ -257,38 +258,11 @@ def build_index(cfg: IndexConfig) -> Path:
             dim=dual.doc.dim,
             n_shards=n_shards,
             shard_size=cfg.shard_size,
+            embedding_dtype=cfg.embedding_dtype,
+            dtype=cfg.dtype,
             encoder={**dataclasses.asdict(spec), "doc_encoder_fingerprint": doc_fp},
         )
     manifest["build_seconds"] = round(time.time() - t0, 2)
     atomic_write_json(out / MANIFEST, manifest)
     log.info("index of %d passages written to %s in %.1fs", len(store), out, manifest["build_seconds"])
     return out
-
-
-def read_manifest(index_dir: str | Path, passages: str | Path | None = None) -> tuple[dict[str, Any], Path]:
-    """The manifest of a complete index and the passages file it belongs to (checked)."""
-    index_dir = Path(index_dir)
-    if not index_dir.is_dir():
-        raise FileNotFoundError(f"index {index_dir} does not exist; build it with `radit index --output {index_dir}`")
-    if not (index_dir / MANIFEST).is_file():
-        raise IndexMismatchError(
-            f"{index_dir} is not a complete index (no {MANIFEST}: the build did not finish); "
-            f"rerun `radit index --output {index_dir}` to resume it"
-        )
-    manifest = json.loads((index_dir / MANIFEST).read_text())
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise IndexMismatchError(f"{index_dir}: index format {manifest.get('format_version')} is not {FORMAT_VERSION}; rebuild it")
-    path = Path(passages or manifest["passages"]["path"])
-    if not path.is_file():
-        raise FileNotFoundError(f"{index_dir}: its passages file {path} is missing; pass --passages to point at it")
-    if passages_fingerprint(path) != manifest["passages"]["fingerprint"]:
-        raise IndexMismatchError(
-            f"{index_dir}: passages file {path} is not the one this index was built from "
-            "(size or content differs); rebuild the index or point at the original passages"
-        )
-    return manifest, path
-
-
-def encoder_spec_of(manifest: dict[str, Any]) -> EncoderSpec:
-    fields = {f.name for f in dataclasses.fields(EncoderSpec)}
-    return EncoderSpec(**{k: v for k, v in manifest["encoder"].items() if k in fields})

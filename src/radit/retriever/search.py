@@ -1,4 +1,4 @@
-"""Top-k search over a dense (FAISS) or BM25 index, one interface for both.
+"""Top-k search over a dense (FAISS) or BM25 index, one interface for both, and run files.
 
     radit search --index runs/index "who founded the Ming dynasty?"
     radit search --index runs/index --queries questions.jsonl --output run.jsonl --k 10
@@ -9,57 +9,65 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import logging
+import re
 import textwrap
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from radit.artifacts import atomic_open
-from radit.corpus import PassageStore
+from radit.artifacts import atomic_open, open_text
+from radit.retriever.bm25 import BM25Searcher
 from radit.retriever.encoder import Encoder, EncoderSpec
-from radit.retriever.index import IndexMismatchError, ShardedVectors, encoder_spec_of, read_manifest, rerank_exact
+from radit.retriever.hits import Hit, Searcher, clip_k, hits_from_rows
+from radit.retriever.manifest import FAISS_FILE, IndexMismatchError, encoder_spec_of, open_passages, read_manifest, rebuild_hint
+from radit.retriever.shards import EMBEDDINGS_DIR, ShardedVectors, load_shard_ids, shard_rows
 from radit.runtime import resolve_device
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "BM25Searcher", "DenseSearcher", "Hit", "RunRecord", "Searcher", "format_hits", "load_searcher", "read_run",
+    "rerank_exact", "search_batched", "write_run",
+]  # Hit, Searcher and BM25Searcher live in hits.py / bm25.py; callers import them from here too
 
 
-@dataclasses.dataclass
-class Hit:
-    """One retrieved passage."""
+def rerank_exact(q: np.ndarray, rows: np.ndarray, vectors, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Re-score approximate candidates exactly and keep the best k.
 
-    row: int
-    id: str
-    doc_id: str
-    title: str
-    text: str
-    score: float
-
-
-class Searcher(Protocol):
-    count: int
-
-    def search(self, queries: list[str], k: int) -> list[list[Hit]]: ...
+    q [Q, d]; rows [Q, C] candidate rows (-1 = none); vectors(rows) -> [Q, C, d] -> (scores [Q, k], rows [Q, k]).
+    """
+    scores = np.einsum("qd,qcd->qc", q, vectors(rows))
+    scores[rows < 0] = -np.inf
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, top, 1), np.take_along_axis(rows, top, 1)
 
 
-def hits_from_rows(store: PassageStore, rows, scores) -> list[Hit]:
-    """Hits for one query's ranked rows; a row of -1 (approximate index, fewer than k found) is dropped."""
-    pairs = [(int(r), float(s)) for r, s in zip(rows, scores) if r >= 0]
-    passages = store.get_many([r for r, _ in pairs])
-    return [Hit(r, p["id"], p["doc_id"], p.get("title", ""), p["text"], s) for (r, s), p in zip(pairs, passages)]
-
-
-def _clip_k(k: int, count: int) -> int:
-    if k > count:
-        log.warning("k=%d is larger than the corpus (%d passages); returning %d", k, count, count)
-    return min(k, count)
+def _read_faiss(index_dir: Path, manifest: dict[str, Any]) -> faiss.Index:
+    """faiss.index, checked against the manifest (vector count and dimension)."""
+    path = index_dir / FAISS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; {rebuild_hint(index_dir)}")
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as e:  # faiss reports a truncated or foreign file as a RuntimeError
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = re.sub(r"^Error in .*? at \S+:\d+: (Error: )?", "", first_line)  # drop faiss's C++ location
+        problem = f"cannot be read by FAISS (truncated or damaged: {reason})"
+        raise IndexMismatchError(f"{path}: {problem}; {rebuild_hint(index_dir)}") from None
+    problem = None
+    if index.ntotal != manifest["count"]:
+        problem = f"holds {index.ntotal} vectors, the manifest says {manifest['count']}"
+    elif index.d != manifest["dim"]:
+        problem = f"holds {index.d}-d vectors, the manifest says {manifest['dim']}-d"
+    if problem:
+        raise IndexMismatchError(f"{path}: {problem}; {rebuild_hint(index_dir)}")
+    return index
 
 
 class DenseSearcher:
-    """FAISS inner-product search with a query encoder; rows map to passages through the store."""
+    """FAISS inner-product search with a query encoder; rows map to passages through the store and to
+    the stored document vectors through the memory-mapped embedding shards."""
 
     def __init__(
         self,
@@ -68,23 +76,30 @@ class DenseSearcher:
         device: str = "auto",
         passages: str | Path | None = None,
         batch_size: int = 128,
+        verify: bool = False,
+        *,
+        checked: tuple[dict[str, Any], Path] | None = None,
     ):
+        """`checked` is the result of `read_manifest` when the caller has it already (read once)."""
         self.index_dir = Path(index_dir)
-        self.manifest, passages_path = read_manifest(index_dir, passages)
+        self.manifest, passages_path = checked or read_manifest(index_dir, passages, verify=verify)
         if self.manifest["backend"] != "dense":
             raise IndexMismatchError(f"{index_dir} is a {self.manifest['backend']} index, not dense")
         self.spec: EncoderSpec = encoder_spec_of(self.manifest)
         self.count = int(self.manifest["count"])
-        self.store = PassageStore(passages_path, np.load(self.index_dir / "passage_offsets.npy"))
-        self.index = faiss.read_index(str(self.index_dir / "faiss.index"))
-        if self.index.ntotal != self.count:
-            raise IndexMismatchError(f"{index_dir}: faiss.index holds {self.index.ntotal} vectors, manifest says {self.count}")
+        self.dim = int(self.manifest["dim"])
+        self.retrieval_temperature = float(self.spec.score_temperature)
+        if "score_temperature" in self.manifest["encoder"]:
+            self.retrieval_temperature_source = f"index manifest ({index_dir}): encoder {self.spec.query_model} score_temperature"
+        else:
+            self.retrieval_temperature_source = f"default 1.0: the index manifest ({index_dir}) records no encoder score_temperature"
+        self.store = open_passages(self.index_dir, self.manifest, passages_path)
+        self.index = _read_faiss(self.index_dir, self.manifest)
         params = self.manifest.get("index_params", {})
         if "nprobe" in params:
             faiss.extract_index_ivf(self.index).nprobe = params["nprobe"]
         self.rerank = int(params.get("rerank", 0))
-        if self.rerank:
-            self.vectors = ShardedVectors(self.index_dir / "embeddings", int(self.manifest["n_shards"]), int(self.manifest["shard_size"]))
+        self.vectors = ShardedVectors(self.index_dir / EMBEDDINGS_DIR, self.count, int(self.manifest["shard_size"]), self.dim)
         self.batch_size = batch_size
         self.query_encoder = Encoder.load(
             query_encoder or self.spec.query_model,
@@ -97,10 +112,10 @@ class DenseSearcher:
 
     def _check_query_encoder(self, swapped: str | None) -> None:
         q = self.query_encoder
-        if q.dim != self.manifest["dim"]:
+        if q.dim != self.dim:
             raise IndexMismatchError(
                 f"query encoder {swapped or self.spec.query_model} makes {q.dim}-d vectors but {self.index_dir} "
-                f"holds {self.manifest['dim']}-d ones; use a query encoder trained with this index's document encoder"
+                f"holds {self.dim}-d ones; use a query encoder trained with this index's document encoder"
             )
         if q.normalize != self.spec.normalize or q.pooling != self.spec.pooling:
             raise IndexMismatchError(
@@ -109,13 +124,23 @@ class DenseSearcher:
             )
 
     def encode_queries(self, queries: list[str]) -> np.ndarray:
+        """queries -> float32 [Q, dim] with the query tower."""
         return self.query_encoder.encode(queries, batch_size=self.batch_size)
+
+    def doc_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The stored document vectors of index rows: rows [...] int -> float32 [..., dim].
+
+        These are the vectors FAISS searched (the document tower is frozen after indexing), so
+        `doc_vectors(rows) @ q` reproduces the scores of a flat index; R-ft computes p_R with
+        gradients through the query tower against them. A row of -1 (no hit) gives a zero vector.
+        """
+        return self.vectors(np.asarray(rows))
 
     def search_vectors(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """q [Q, dim] float32 -> (scores [Q, k], rows [Q, k]); straight to FAISS, then the optional
         exact re-ranking of `rerank` candidates for approximate indexes."""
         q = np.ascontiguousarray(q, dtype=np.float32)
-        k = _clip_k(k, self.count)
+        k = clip_k(k, self.count)
         if not self.rerank:
             return self.index.search(q, k)
         _, candidates = self.index.search(q, max(k, min(self.rerank, self.count)))
@@ -123,10 +148,11 @@ class DenseSearcher:
 
     @functools.cached_property
     def ids(self) -> np.ndarray:
-        """Passage id of every row, from the shards' id files (the order FAISS numbered them)."""
+        """Passage id of every row [count], from the shards' id files (the order FAISS numbered them)."""
+        emb_dir, shard_size = self.index_dir / EMBEDDINGS_DIR, int(self.manifest["shard_size"])
         ids: list[str] = []
-        for i in range(int(self.manifest["n_shards"])):
-            ids.extend(json.loads((self.index_dir / "embeddings" / f"shard_{i:05d}.ids.json").read_text()))
+        for i in range(len(self.vectors.shards)):
+            ids.extend(load_shard_ids(emb_dir, i, shard_rows(i, self.count, shard_size)))
         return np.array(ids, dtype=object)
 
     def search_ids(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -142,65 +168,30 @@ class DenseSearcher:
         return hits_from_rows(self.store, rows, scores)
 
 
-# --------------------------------------------------------------------------------------------------
-# BM25
-# --------------------------------------------------------------------------------------------------
+def load_searcher(
+    index_dir: str | Path,
+    query_encoder: str | None = None,
+    device: str = "auto",
+    passages: str | Path | None = None,
+    verify: bool = False,
+    **kwargs: Any,
+) -> Searcher:
+    """Open a dense or BM25 index by what its manifest says (read and checked once).
 
-
-def _bm25_tokenizer():
-    import Stemmer
-    from bm25s.tokenization import Tokenizer
-
-    return Tokenizer(stopwords="en", stemmer=Stemmer.Stemmer("english"))
-
-
-def build_bm25(store: PassageStore, out: Path) -> None:
-    """Index title + text of every passage with bm25s (Lucene BM25, English stopwords, Snowball stems)."""
-    import bm25s
-
-    from radit.retriever.encoder import passage_input
-
-    tokenizer = _bm25_tokenizer()
-    tokens = tokenizer.tokenize(
-        [passage_input(p) for p in tqdm(store, total=len(store), desc="read passages")], return_as="ids", show_progress=False
-    )
-    retriever = bm25s.BM25()
-    retriever.index(tokens, show_progress=False)
-    retriever.save(str(out), show_progress=False)
-    tokenizer.save_vocab(str(out))
-    tokenizer.save_stopwords(str(out))
-
-
-class BM25Searcher:
-    """The lexical baseline behind the same `search` interface."""
-
-    def __init__(self, index_dir: str | Path, passages: str | Path | None = None, **_: Any):
-        import bm25s
-
-        self.index_dir = Path(index_dir)
-        self.manifest, passages_path = read_manifest(index_dir, passages)
-        self.count = int(self.manifest["count"])
-        self.store = PassageStore(passages_path, np.load(self.index_dir / "passage_offsets.npy"))
-        self.retriever = bm25s.BM25.load(str(self.index_dir / "bm25"))
-        self.tokenizer = _bm25_tokenizer()
-        self.tokenizer.load_vocab(str(self.index_dir / "bm25"))
-        self.tokenizer.load_stopwords(str(self.index_dir / "bm25"))
-
-    def search(self, queries: list[str], k: int) -> list[list[Hit]]:
-        k = _clip_k(k, self.count)
-        tokens = self.tokenizer.tokenize(queries, update_vocab=False, return_as="ids", show_progress=False)
-        rows, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=0)
-        return [hits_from_rows(self.store, r, sc) for r, sc in zip(rows, scores)]
-
-
-def load_searcher(index_dir: str | Path, query_encoder: str | None = None, device: str = "auto", **kwargs: Any) -> Searcher:
-    """Open a dense or BM25 index by what its manifest says."""
-    manifest, _ = read_manifest(index_dir, kwargs.get("passages"))
-    if manifest["backend"] == "bm25":
+    Args:
+        index_dir: Directory written by `radit index`.
+        query_encoder: Another query tower for a dense index (e.g. one fine-tuned by R-ft).
+        device: Torch device of the query encoder.
+        passages: The passages file, if not at the path the manifest records.
+        verify: Check the full sha256 of the passages file even when its size and mtime are unchanged.
+        **kwargs: Passed to the searcher (e.g. `batch_size` of a dense one).
+    """
+    checked = read_manifest(index_dir, passages, verify=verify)
+    if checked[0]["backend"] == "bm25":
         if query_encoder:
             raise ValueError("--query-encoder applies to dense indexes only; this index is bm25")
-        return BM25Searcher(index_dir, **kwargs)
-    return DenseSearcher(index_dir, query_encoder=query_encoder, device=device, **kwargs)
+        return BM25Searcher(index_dir, checked=checked, **kwargs)
+    return DenseSearcher(index_dir, query_encoder=query_encoder, device=device, checked=checked, **kwargs)
 
 
 def search_batched(searcher: Searcher, queries: list[str], k: int, batch_size: int = 256, progress: bool = True) -> list[list[Hit]]:
@@ -220,9 +211,77 @@ def format_hits(query: str, hits: list[Hit], width: int = 100) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------------------------------
+# Run files: one JSON line per query with its ranked hits
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """One line of a run file: a query and its ranked hits (parallel lists, best first)."""
+
+    qid: str
+    question: str
+    passage_ids: list[str]
+    scores: list[float]
+    rows: list[int] | None
+    """Index rows of the hits (for `DenseSearcher.doc_vectors`); None in run files written before rows were kept."""
+
+
 def write_run(path: str | Path, qids: list[str], questions: list[str], results: list[list[Hit]]) -> None:
-    """Run file: one JSON line per query with the ranked passage ids and scores."""
+    """Run file: one JSON line per query with the ranked passage ids, index rows and scores."""
     with atomic_open(path) as f:
         for qid, question, hits in zip(qids, questions, results):
-            rec = {"qid": qid, "question": question, "passage_ids": [h.id for h in hits], "scores": [h.score for h in hits]}
+            rec = {
+                "qid": qid,
+                "question": question,
+                "passage_ids": [h.id for h in hits],
+                "rows": [h.row for h in hits],
+                "scores": [h.score for h in hits],
+            }
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def _run_record(rec: Any) -> RunRecord:
+    """A parsed run-file line -> RunRecord; ValueError naming the problem."""
+    if not isinstance(rec, dict):
+        raise ValueError("not a JSON object")
+    missing = [key for key in ("qid", "question", "passage_ids", "scores") if key not in rec]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    ids, scores, rows = rec["passage_ids"], rec["scores"], rec.get("rows")
+    if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
+        raise ValueError("passage_ids must be a list of strings")
+    if not isinstance(scores, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in scores):
+        raise ValueError("scores must be a list of numbers")
+    if rows is not None and (not isinstance(rows, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in rows)):
+        raise ValueError("rows must be a list of integers")
+    if len(scores) != len(ids) or (rows is not None and len(rows) != len(ids)):
+        raise ValueError(f"passage_ids, scores{', rows' if rows is not None else ''} differ in length")
+    return RunRecord(str(rec["qid"]), str(rec["question"]), ids, [float(s) for s in scores], rows)
+
+
+def read_run(path: str | Path) -> list[RunRecord]:
+    """The records of a run file written by `write_run` (`radit search --queries`, `radit eval-retrieval`).
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ValueError: a bad line, as `path:line: problem; what to do`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no run file there; write one with `radit search --queries Q --output {path}`")
+    records = []
+    with open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg}); fix or remove the line") from None
+            try:
+                records.append(_run_record(rec))
+            except ValueError as e:
+                raise ValueError(f"{path}:{lineno}: {e}; fix the line or rewrite the run file with `radit search`") from None
+    return records

@@ -1,0 +1,51 @@
+"""What a search returns: `Hit`s, and the `Searcher` interface that dense and BM25 indexes share."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Protocol
+
+import numpy as np
+
+from radit.corpus import PassageStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Hit:
+    """One retrieved passage; `row` is its row in the index (and in the dense index's stored vectors)."""
+
+    row: int
+    id: str
+    doc_id: str
+    title: str
+    text: str
+    score: float
+
+
+class Searcher(Protocol):
+    count: int
+    """Passages in the index."""
+    retrieval_temperature: float
+    """T of p_R(c|x) = softmax(s(x, c) / T) over this searcher's scores."""
+    retrieval_temperature_source: str
+    """Where `retrieval_temperature` came from, for run reports."""
+
+    def search(self, queries: list[str], k: int) -> list[list[Hit]]: ...
+
+
+def hits_from_rows(store: PassageStore, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
+    """Hits for one query's ranked rows [k] and scores [k]; a row of -1 (approximate index, fewer
+    than k found) is dropped."""
+    pairs = [(int(r), float(s)) for r, s in zip(rows, scores) if r >= 0]
+    passages = store.get_many([r for r, _ in pairs])
+    return [Hit(r, p["id"], p["doc_id"], p.get("title", ""), p["text"], s) for (r, s), p in zip(pairs, passages)]
+
+
+def clip_k(k: int, count: int) -> int:
+    """`k`, or the corpus size when it is smaller (with a warning)."""
+    if k > count:
+        log.warning("k=%d is larger than the corpus (%d passages); returning %d", k, count, count)
+    return min(k, count)
