@@ -101,6 +101,18 @@ def other_tiny_encoder_dir(tmp_path_factory, tiny_encoder_dir) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def wide_encoder_dir(tmp_path_factory, tiny_encoder_dir) -> Path:
+    """A 48-d encoder: a query tower that does not fit a 32-d index."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("wide-encoder")
+    config = BertConfig(vocab_size=30522, hidden_size=48, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    BertModel(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_encoder_dir).save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def passages_file(tmp_path) -> Path:
     path = tmp_path / "passages.jsonl"

@@ -570,3 +570,51 @@ def test_eval_long_question_and_k_over_the_corpus(tmp_path, bm25_index, tiny_lm_
     assert len(records["long"]["retrieved_ids"]) == 20 and len(records["long"]["weights"]) == 20
     assert records["long"]["truncated"] > 0 and records["ming"]["truncated"] == 0
     assert report["truncated_prompts"] == records["long"]["truncated"] and report["questions_with_truncation"] == 1
+
+
+def test_failed_eval_leaves_its_output_untouched(tmp_path, passages_file, tiny_encoder_dir, wide_encoder_dir,
+                                                 questions_file, capsys):
+    """Everything the user gave is checked before the run directory is written: a corrected rerun is
+    not refused for a config.yaml that a failed run left behind."""
+    from radit.cli import main
+    from radit.config import EncoderConfig, IndexConfig
+    from radit.retriever.index import build_index
+
+    index = build_index(IndexConfig(passages=str(passages_file), output=str(tmp_path / "dense"), device="cpu",
+                                    encoder=EncoderConfig(query_model=str(tiny_encoder_dir))))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "sentinel.txt").write_text("keep")
+    args = ["eval", "--task", f"qa-file:{questions_file}", "--index", str(index), "--k", "2", "--device", "cpu",
+            "--output", str(out), "-q"]
+    assert main([*args, "--query-encoder", str(wide_encoder_dir)]) == 2
+    assert "48-d" in capsys.readouterr().err
+    assert main([*args, "--model", str(tmp_path / "no-such-model")]) == 2
+    assert main([*args, "--template", str(tmp_path)]) == 2  # a folder without prompt_template.json
+    assert main([*args, "--shots", "2"]) == 2  # a qa-file task needs --demos for demonstrations
+    assert "Traceback" not in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["sentinel.txt"]
+    # The corrected run goes through (fake answers: the check is about what is written).
+    report = run_eval(eval_cfg(tmp_path, questions_file, index, output=str(out)), FakeAnswers().fns, lm=(None, None))
+    assert report["n"] == 5 and (out / "config.yaml").is_file() and (out / "sentinel.txt").read_text() == "keep"
+
+
+def test_template_from_a_model_folder(tmp_path, questions_file, bm25_index, tiny_lm_dir, capsys):
+    """A fine-tuned model's folder carries the template it was trained with; eval and ask take the
+    folder wherever a template name goes (radit.prompts.resolve_template)."""
+    from radit.cli import main
+    from radit.prompts import PromptTemplate, resolve_template
+
+    model_dir = tmp_path / "ft-model"
+    model_dir.mkdir()
+    saved = PromptTemplate(name="qa-ft", version=1, question="Q: {question}\nA:")
+    saved.save(model_dir)
+    assert resolve_template(str(model_dir)) == saved and resolve_template("qa").name == "qa"
+    with pytest.raises(ValueError, match="unknown prompt template 'nope'"):
+        resolve_template("nope")
+    fake = FakeAnswers()
+    report = run_eval(eval_cfg(tmp_path, questions_file, bm25_index, template=str(model_dir)), fake.fns, lm=(None, None))
+    assert report["template"] == "qa-ft v1" and fake.calls[0]["template"] == saved
+    assert main(["ask", "--index", str(bm25_index), "--k", "2", "--model", str(tiny_lm_dir), "--device", "cpu",
+                 "--max-new-tokens", "3", "--template", str(model_dir), "-q", "Who founded the Ming dynasty?"]) == 0
+    assert capsys.readouterr().out.startswith("Q: Who founded the Ming dynasty?")

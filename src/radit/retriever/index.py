@@ -236,7 +236,8 @@ def build_index(cfg: IndexConfig) -> Path:
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
-    save_yaml(cfg, out / "config.yaml")
+    # Absolute paths: `radit index --config DIR/config.yaml` (the repair command errors suggest) works from anywhere.
+    save_yaml(dataclasses.replace(cfg, passages=str(Path(passages).resolve()), output=str(out.resolve())), out / "config.yaml")
     with atomic_open(out / OFFSETS_FILE, "wb") as f:
         np.save(f, offsets)
     if cfg.backend == "bm25":
