@@ -136,4 +136,4 @@ def test_quiet_silences_progress_bars_and_library_lines(tmp_path, passages_file,
     assert run("-q") == ""
     normal = run()
     assert "embed passages" in normal  # radit's own progress bar and log lines stay in a normal run
-    assert "faiss.loader" not in normal and "Loading faiss" not in normal
+    assert "faiss.loader" not in normal and "Loading faiss" not in normal and "Loading weights" not in normal

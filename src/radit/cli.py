@@ -294,12 +294,12 @@ def configure_output(quiet: bool = False, verbose: bool = False) -> None:
         elif os.environ.get(var) == "1" and _QUIET_SET.get(var):
             del os.environ[var]
         _QUIET_SET[var] = quiet
-    # tqdm reads TQDM_DISABLE when it is first imported; a library imported earlier in this process
-    # (transformers draws a bar while it loads weights) needs its own switch.
-    if "transformers" in sys.modules:
-        from transformers.utils import logging as hf_logging
+    # transformers v5 draws a "Loading weights" bar for every model it loads (a blink for the models
+    # run here, six lines of noise per command); radit's own bars say what is slow. Hub download bars
+    # (huggingface_hub's, not this switch) stay, unless -q.
+    from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar() if quiet else hf_logging.enable_progress_bar()
+    hf_logging.enable_progress_bar() if verbose else hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

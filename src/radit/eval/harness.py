@@ -5,7 +5,7 @@
 
 The run directory (`--output`, default `runs/eval/{task}-{mode}-k{k}-{shots}shot`) gets:
 
-- `config.yaml`: the resolved config, written first;
+- `config.yaml`: the resolved config (template name, dtype), written once every input has been checked;
 - `predictions.jsonl`: one line per question (question, gold, prediction, candidates and their mixed
   log-probabilities, retrieved passage ids, p_R weights, per-chunk answers, em/f1 or correct),
   flushed line by line. A killed run resumes: a rerun skips the ids already there. A rerun with
