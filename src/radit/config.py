@@ -385,3 +385,151 @@ class ReportConfig:
     def __post_init__(self) -> None:
         if not self.runs:
             raise ValueError("--runs: give at least one `radit eval` run directory")
+
+
+# --------------------------------------------------------------------------------------------------
+# LM fine-tuning (RA-IT, the paper's §2.3 and Eq. 3)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LMDataConfig:
+    """`radit build-lm-data`: instruction examples -> retrieval-augmented training examples (RA-IT).
+
+    Each open-domain example becomes k' examples `Background: c_j\\n\\n{prompt}` -> target, one per
+    retrieved chunk; reading-comprehension and summarisation examples keep their own context as the
+    Background. Deterministic given --seed."""
+
+    sources: list[str] = dataclasses.field(default_factory=lambda: ["quickstart:squad-open/train"])
+    """Instruction sources: registry names (see radit.data.instructions.SOURCES, e.g.
+    quickstart:squad-open/train, nq-open/dev, entityquestions/train, bigbench:strategyqa), or
+    jsonl:PATH for a file of {"instruction", "input"?, "output"} records."""
+    weights: list[float] = dataclasses.field(default_factory=list)
+    """Mixture weight of each source, in --sources order (empty: proportional to each source's size
+    after the cap). The output holds round(weight share x total) examples of each source."""
+    cap: int = 7500
+    """Most examples taken from one source (the paper's eta = 7,500)."""
+    index: str | None = "runs/quickstart/index"
+    """Index to retrieve the Background chunks from (open-domain sources); written by `radit index`."""
+    query_encoder: str | None = None
+    """A fine-tuned query encoder to retrieve with instead of the index's own."""
+    k: int = 3
+    """Retrieved chunks per open-domain example, each its own training example (the paper: k' = 3)."""
+    template: str = "qa"
+    """Prompt template of open-domain examples (the one evaluation uses)."""
+    randomize_markers: bool = True
+    """Draw the question/answer markers at random per example (App. C: Q:/Question:, A:/Answer:)."""
+    max_length: int = 2048
+    """Longest example in tokens of --tokenizer (Background cut first); an example whose target alone
+    does not fit is skipped and counted, never truncated."""
+    tokenizer: str = "smollm2-135m-instruct"
+    """The tokenizer that counts tokens (the LM's: a folder, packaged name or hub name)."""
+    output: str = "runs/lm-data/train.jsonl"
+    """The training file (jsonl: task, prompt, target, background source); a summary.json is written beside it."""
+    data_dir: str | None = None
+    """Folder of the public data sets (nq_open/, entityquestions/, instructions/); default $RADIT_DATA,
+    else ../shared/data."""
+    on_error: Literal["error", "skip"] = "error"
+    """A bad record in a source: `error` stops with file, line and field; `skip` drops and counts it."""
+    seed: int = 0
+    """Seed of the sampling, the marker draws and the shuffle."""
+    device: str = "auto"
+    """Torch device for the query encoder."""
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("--sources: give at least one instruction source")
+        if self.weights and len(self.weights) != len(self.sources):
+            raise ValueError(f"--weights: give one weight per source ({len(self.sources)}), got {len(self.weights)}")
+        if any(not (w >= 0 and math.isfinite(w)) for w in self.weights) or (self.weights and not sum(self.weights) > 0):
+            raise ValueError(f"--weights must be finite, >= 0 and not all 0, got {self.weights}")
+        for name in ("cap", "k", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass
+class LoRAConfig:
+    """LoRA adapters (peft) instead of full fine-tuning."""
+
+    r: int = 16
+    """Adapter rank."""
+    alpha: int = 32
+    """Scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the adapter input."""
+    target_modules: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Module names that get adapters (Llama-style attention projections by default)."""
+    merge_on_save: bool = True
+    """Save a merged full model (loads anywhere with from_pretrained) rather than the adapter alone."""
+
+
+@dataclasses.dataclass
+class TrainLMConfig:
+    """`radit train-lm`: fine-tune a causal LM on retrieval-augmented examples (RA-IT, Eq. 3: the
+    loss is -log p(y | c ∘ x) on the target tokens only).
+
+    Defaults are the paper's 65B recipe (Table 8); small models want a larger learning rate and more
+    steps: see configs/lm-ft-quickstart.yaml."""
+
+    data: str = "runs/lm-data/train.jsonl"
+    """Training file written by `radit build-lm-data`."""
+    model: str = "smollm2-135m-instruct"
+    """The LM to fine-tune: a folder, a packaged model name or a hub name."""
+    output: str = "runs/lm-ft"
+    """Run directory: checkpoints/, metrics.jsonl, loss.png, and model/ (the fine-tuned model)."""
+    method: Literal["full", "lora"] = "full"
+    """Full fine-tuning, or LoRA adapters (see --lora.*)."""
+    lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
+    """LoRA settings (with --method lora)."""
+    max_length: int = 2048
+    """Tokens per training sequence (the paper: 2,048); examples are packed up to it."""
+    pack: bool = True
+    """Pack several examples into one sequence, with attention kept within each example (the paper,
+    after OPT-IML); off: one padded example per row."""
+    batch_size: int = 8
+    """Sequences per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    steps: int = 500
+    """Optimizer steps (the paper: 500)."""
+    lr: float = 1e-5
+    """Peak learning rate (the paper: 1e-5)."""
+    min_lr: float = 1e-7
+    """Learning rate at the end of the cosine decay (the paper: 1e-7)."""
+    warmup_steps: int = 200
+    """Linear warm-up steps (the paper: 200)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: no clipping)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Compute precision (autocast); auto: bf16 on a CUDA GPU or a CPU with AMX-BF16, else float32."""
+    device: str = "auto"
+    """Torch device (one process; multi-GPU runs come through `accelerate launch`)."""
+    seed: int = 0
+    """Seed of the data order and the initialisation of new parameters (LoRA)."""
+    eval_every: int = 100
+    """Steps between dev evaluations (the paper: 100); the best checkpoint by dev REPLUG EM is kept."""
+    eval_questions: int = 50
+    """Questions of the bundled SQuAD-open dev split scored at each evaluation (0: dev loss only)."""
+    eval_index: str | None = None
+    """Index for the dev REPLUG evaluation (default: the one in the data file's summary)."""
+    eval_k: int = 3
+    """Chunks per dev question (REPLUG, Eq. 2)."""
+    checkpoint_every: int = 100
+    """Steps between resumable checkpoints (model, optimizer, scheduler, RNG states, data position)."""
+    overwrite: bool = False
+    """Start over even if --output holds checkpoints of a run with the same settings (else it resumes)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_length", "batch_size", "grad_accum", "steps", "eval_every", "eval_k", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_questions"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
+            raise ValueError(f"--lr must be > 0 and --min-lr in [0, lr], got lr={self.lr}, min_lr={self.min_lr}")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise ValueError("--grad-clip and --weight-decay must be >= 0")
