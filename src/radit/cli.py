@@ -21,10 +21,12 @@ from radit.config import (
     EvalConfig,
     EvalRetrievalConfig,
     IndexConfig,
+    LMDataConfig,
     ModelsConfig,
     QuickstartConfig,
     ReportConfig,
     SearchConfig,
+    TrainLMConfig,
 )
 from radit.config_io import add_arguments, build_config
 
@@ -235,6 +237,25 @@ def cmd_ask(cfg: AskConfig) -> int:
     return 0
 
 
+def cmd_build_lm_data(cfg: LMDataConfig) -> int:
+    from radit.train.lm_data import build_lm_data
+
+    summary = build_lm_data(cfg)
+    print(f"{summary['examples']} training examples from {len(cfg.sources)} source(s) -> {cfg.output}")
+    return 0
+
+
+def cmd_train_lm(cfg: TrainLMConfig) -> int:
+    from radit.train.lm_ft import train_lm
+
+    report = train_lm(cfg)
+    print(f"fine-tuned model -> {report['model']}")
+    best = report.get("best")
+    if best:
+        print("best checkpoint: " + ", ".join(f"{k} {v}" for k, v in best.items()))
+    return 0
+
+
 @dataclasses.dataclass
 class Command:
     func: Callable[[Any], int]
@@ -252,6 +273,8 @@ COMMANDS: dict[str, Command] = {
     "ask": Command(cmd_ask, AskConfig, "answer questions with the LM and top-k retrieved chunks (Eq. 2)", positional="query"),
     "eval": Command(cmd_eval, EvalConfig, "score the retrieval-augmented LM on a task: predictions, EM/F1 or accuracy"),
     "report": Command(cmd_report, ReportConfig, "compare finished eval runs: markdown table and bar chart"),
+    "build-lm-data": Command(cmd_build_lm_data, LMDataConfig, "instruction data -> retrieval-augmented training examples (RA-IT)"),
+    "train-lm": Command(cmd_train_lm, TrainLMConfig, "fine-tune the LM on retrieval-augmented examples (LM-ft, Eq. 3)"),
     "models": Command(cmd_models, ModelsConfig, "list packaged models / resolve model specs", positional="spec"),
 }
 
