@@ -142,6 +142,11 @@ def test_quiet_silences_progress_bars_and_library_lines(tmp_path, passages_file,
         return subprocess.run(argv, capture_output=True, text=True, check=True).stderr
 
     assert run("-q") == ""
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "Who founded the Ming dynasty?", "answers": ["Zhu Yuanzhang"]}\n')
+    argv = [sys.executable, "-m", "radit.cli", "eval-retrieval", "--index", str(tmp_path / "index1"), "--questions",
+            str(questions), "--output", str(tmp_path / "er"), "--device", "cpu", "-q"]
+    assert subprocess.run(argv, capture_output=True, text=True, check=True).stderr == ""  # no search bar either
     normal = run()
     assert "embed passages" in normal  # radit's own progress bar and log lines stay in a normal run
     assert "faiss.loader" not in normal and "Loading faiss" not in normal and "Loading weights" not in normal

@@ -142,7 +142,8 @@ class Encoder(nn.Module):
         order = np.argsort([-len(t) for t in texts], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         with autocast(self.device, resolve_dtype(dtype, self.device)):
-            for start in tqdm(range(0, len(texts), batch_size), disable=not progress, desc="encode", unit="batch"):
+            off = {} if progress else {"disable": True}  # an explicit disable=False would override -q
+            for start in tqdm(range(0, len(texts), batch_size), desc="encode", unit="batch", **off):
                 idx = order[start : start + batch_size]
                 out[idx] = self(**self.tokenize([texts[i] for i in idx])).cpu().numpy()
         return out

@@ -196,7 +196,9 @@ def load_searcher(
 
 def search_batched(searcher: Searcher, queries: list[str], k: int, batch_size: int = 256, progress: bool = True) -> list[list[Hit]]:
     results: list[list[Hit]] = []
-    for start in tqdm(range(0, len(queries), batch_size), disable=not progress, desc="search", unit="batch"):
+    # `disable` is passed only to turn the bar off: an explicit value would override TQDM_DISABLE (-q).
+    off = {} if progress else {"disable": True}
+    for start in tqdm(range(0, len(queries), batch_size), desc="search", unit="batch", **off):
         results.extend(searcher.search(queries[start : start + batch_size], k))
     return results
 
