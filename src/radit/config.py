@@ -401,12 +401,14 @@ class LMDataConfig:
     Background. Deterministic given --seed."""
 
     sources: list[str] = dataclasses.field(default_factory=lambda: ["quickstart:squad-open/train"])
-    """Instruction sources: registry names (see radit.data.instructions.SOURCES, e.g.
-    quickstart:squad-open/train, nq-open/dev, entityquestions/train, bigbench:strategyqa), or
-    jsonl:PATH for a file of {"instruction", "input"?, "output"} records."""
+    """Instruction sources: registry names (radit.data.instructions.SOURCES: quickstart:squad-open/train,
+    nq-open/dev, entityquestions/train, bigbench:{quoref,cosmosqa,drop,qasc,multirc,ropes,strategyqa,
+    social_iqa,qa_wikidata,fever,xsum,topical_chat,...}), jsonl:PATH for a file of {"instruction",
+    "input"?, "output"} records, or hf:NAME[:split] (a Hugging Face dataset, when the hub is reachable)."""
     weights: list[float] = dataclasses.field(default_factory=list)
-    """Mixture weight of each source, in --sources order (empty: proportional to each source's size
-    after the cap). The output holds round(weight share x total) examples of each source."""
+    """Mixture weight of each source, in --sources order (empty: every example left after the cap,
+    once). The output holds round(weight share x total) examples of each source; a source asked for
+    more than it has is repeated."""
     cap: int = 7500
     """Most examples taken from one source (the paper's eta = 7,500)."""
     index: str | None = "runs/quickstart/index"
@@ -425,10 +427,11 @@ class LMDataConfig:
     tokenizer: str = "smollm2-135m-instruct"
     """The tokenizer that counts tokens (the LM's: a folder, packaged name or hub name)."""
     output: str = "runs/lm-data/train.jsonl"
-    """The training file (jsonl: task, prompt, target, background source); a summary.json is written beside it."""
+    """The training file: one JSON line per example (id, source, category, prompt, target, background:
+    retrieved|own, passage_id, truncated); summary.json is written in the same folder."""
     data_dir: str | None = None
-    """Folder of the public data sets (nq_open/, entityquestions/, instructions/); default $RADIT_DATA,
-    else ../shared/data."""
+    """Folder of the public data sets (nq_open/, entityquestions/, instructions/), also read to keep
+    every evaluated question out of the training file; default $RADIT_DATA, else ../shared/data."""
     on_error: Literal["error", "skip"] = "error"
     """A bad record in a source: `error` stops with file, line and field; `skip` drops and counts it."""
     seed: int = 0
