@@ -1,0 +1,575 @@
+"""LM fine-tuning (RA-IT, RA-DIT §2.3): one readable loop, setup -> fit -> validate -> save.
+
+    radit train-lm --config configs/lm-ft-quickstart.yaml
+    python -m radit.train.lm_ft --config configs/lm-ft-quickstart.yaml --steps 10   (the same, without the CLI)
+
+Minimises Eq. 3, -log p_LM(y | c ∘ x) on the target tokens only (`radit.train.losses`), over the
+examples of `radit build-lm-data` (one JSON line each: `prompt` = the rendered `Background: c\\n\\n...
+Answer:` text, `target` = the continuation, e.g. " Paris"). Full fine-tuning or LoRA (peft), AdamW,
+linear warm-up then cosine decay (`lr_at`), gradient accumulation, clipping, examples packed with
+attention kept within each one (`radit.train.packing`), under `accelerate` (mixed precision from
+--dtype; `accelerate launch` runs it data-parallel: untested beyond one process so far).
+
+Dev evaluation, every --eval-every steps and at the end (the paper's early stopping):
+
+- dev loss: Eq. 3 on a held-out 2% (at most 200) of the training file, drawn by a seeded split of
+  the examples grouped by (source, target), so the k' examples of one question (same answer, other
+  chunks) are all on the same side; files under 50 examples hold out none;
+- dev EM: REPLUG (Eq. 2), 0-shot, template qa, k = --eval-k, on the first --eval-questions questions
+  of the bundled SQuAD-open dev split, with chunks retrieved once at setup from --eval-index (default:
+  the `index` named in the data file's summary.json).
+
+The saved model is the best evaluation's by dev EM (ties, or no questions: by dev loss; neither: the
+last step). The run directory (--output) gets:
+
+    config.yaml        the resolved config, written once all inputs are checked
+    metrics.jsonl      one line per step (kind "train": step, loss, lr, tokens, tokens_per_s,
+                       grad_norm, ...) and per evaluation (kind "eval": dev_loss, dev_em, ...)
+    checkpoints/       the last 2 resumable checkpoints and `latest` (`radit.train.checkpoint`)
+    best/              while training: the best evaluation's trainable weights (best.json says which
+                       step); removed once model/ holds them
+    model/             the fine-tuned model: a Hugging Face folder (safetensors, tokenizer,
+                       prompt_template.json, radit_train_config.yaml, README.md model card);
+                       with --method lora and --no-lora.merge-on-save, the adapter instead
+    loss.png           the loss curve
+    metrics.json       the final summary, also returned by `train_lm`
+
+A rerun of the same command resumes from the latest checkpoint (only --device, --checkpoint-every and
+--overwrite may change), and returns at once if the run has finished; --overwrite starts over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from radit.artifacts import (
+    atomic_path,
+    atomic_write_json,
+    file_sha256,
+    mark_output_dir,
+)
+from radit.config import InferenceConfig, TrainLMConfig
+from radit.config_io import save_yaml, to_dict
+from radit.lm.inputs import IGNORE_INDEX, pad_id
+from radit.lm.model import load_lm, logits_to_keep_supported, model_device
+from radit.lm.scoring import target_logprobs
+from radit.runtime import machine_info, resolve_device, resolve_dtype
+from radit.train.checkpoint import (
+    inspect_run_dir,
+    latest_checkpoint,
+    load_trainable,
+    read_weights,
+    save_checkpoint,
+    save_weights,
+    set_rng_state,
+    trainable_state,
+    truncate_metrics,
+)
+from radit.train.losses import count_targets, nll_from_logprobs
+from radit.train.packing import collate_rows, encode_examples, plan_epoch
+
+log = logging.getLogger(__name__)
+
+RESUMABLE_FIELDS = ("device", "checkpoint_every", "overwrite")
+"""Settings a rerun may change and still resume: they change no step's result."""
+EVAL_QUESTIONS = "quickstart:squad-open/dev"
+EVAL_TEMPLATE = "qa"
+DEV_EVERY = 50
+"""One training example in this many is held out for the dev loss ..."""
+DEV_MAX = 200
+"""... and at most this many."""
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.json", "loss.png", "checkpoints", "best", "model")
+"""What a run writes in its directory (and --overwrite removes)."""
+_MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
+_MARKER_NAME = "train-lm"
+
+
+# --------------------------------------------------------------------------- pieces of the loop
+
+
+def lr_at(step: int, cfg: TrainLMConfig) -> float:
+    """Learning rate of optimizer step `step` (1-based): linear warm-up from 0 to `cfg.lr` over
+    `cfg.warmup_steps` steps, then cosine decay to `cfg.min_lr` at step `cfg.steps` (Table 8)."""
+    if cfg.warmup_steps and step <= cfg.warmup_steps:
+        return cfg.lr * step / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def read_examples(path: str | Path) -> list[dict[str, Any]]:
+    """The training file's records (`prompt` and `target` strings required), or a one-line error.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: `path:line: problem` for the first bad line, or an empty file. Skipping bad
+            records is the data builder's job; a training file must be clean.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--data {path}: no such file; build it with `radit build-lm-data`")
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg}); the training file has one JSON object per line") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"{where}: expected a JSON object with `prompt` and `target`, got {type(rec).__name__}")
+            for key in ("prompt", "target"):
+                if not isinstance(rec.get(key), str) or not rec[key]:
+                    raise ValueError(f"{where}: `{key}` must be a non-empty string, got {rec.get(key)!r}")
+            examples.append(rec)
+    if not examples:
+        raise ValueError(f"--data {path}: the file holds no examples; build it with `radit build-lm-data`")
+    return examples
+
+
+def dev_split(examples: Sequence[dict[str, Any]], seed: int) -> tuple[list[int], list[int]]:
+    """(train, dev) example indices: 1 in DEV_EVERY examples (at most DEV_MAX) held out, whole
+    (source, target) groups at a time, drawn by `seed`; both lists in file order."""
+    import numpy as np
+
+    n_dev = min(DEV_MAX, len(examples) // DEV_EVERY)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, ex in enumerate(examples):
+        groups.setdefault((str(ex.get("source", "")), ex["target"]), []).append(i)
+    keys = list(groups)
+    dev: list[int] = []
+    for g in np.random.default_rng([seed, 1]).permutation(len(keys)):
+        if len(dev) >= n_dev:
+            break
+        dev.extend(groups[keys[g]])
+    dev_set = set(dev)
+    return [i for i in range(len(examples)) if i not in dev_set], sorted(dev)
+
+
+def _unwrap(model) -> torch.nn.Module:
+    model = getattr(model, "module", model)  # DDP
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+
+
+def batch_logprobs(model, batch) -> torch.Tensor:
+    """[B, W] float32 log p(target) at every position of a `PackedBatch` or `PairBatch`, 0 elsewhere.
+
+    Differentiable. Only the columns where some row has a target go through the LM head
+    (`logits_to_keep`): answers are a few tokens of a long Background prompt, and [B, W, V] logits
+    would be most of the memory.
+    """
+    device = model_device(model)
+    batch = batch.to(device)
+    targets = batch.targets
+    cols = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(-1)  # [K]
+    out = torch.zeros(targets.shape, dtype=torch.float32, device=device)
+    if cols.numel() == 0:
+        return out
+    if logits_to_keep_supported(_unwrap(model)):
+        logits = model(**batch.model_inputs(), use_cache=False, logits_to_keep=cols).logits  # [B, K, V]
+    else:
+        logits = model(**batch.model_inputs(), use_cache=False).logits[:, cols]  # [B, K, V]
+    return out.index_copy(1, cols, target_logprobs(logits, targets[:, cols]))
+
+
+def micro_batch_stream(lengths: Sequence[int | None], cfg: TrainLMConfig, epoch: int, index: int) -> Iterator[tuple[int, int, list[list[int]]]]:
+    """(epoch, index, rows) of every micro-batch from position (epoch, index) on, epoch after epoch."""
+    while True:
+        plan = plan_epoch(lengths, cfg.max_length, cfg.batch_size, cfg.pack, cfg.seed, epoch)
+        for i in range(index, len(plan)):
+            yield epoch, i, plan[i]
+        epoch, index = epoch + 1, 0
+
+
+def is_better(new: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    """Early stopping's order: higher dev EM, then lower dev loss, then the later evaluation."""
+    if best is None:
+        return True
+    if new.get("dev_em") is not None and best.get("dev_em") is not None and new["dev_em"] != best["dev_em"]:
+        return new["dev_em"] > best["dev_em"]
+    if new.get("dev_loss") is not None and best.get("dev_loss") is not None and new["dev_loss"] != best["dev_loss"]:
+        return new["dev_loss"] < best["dev_loss"]
+    return True
+
+
+def _eval_index(cfg: TrainLMConfig) -> str | None:
+    if cfg.eval_index:
+        return cfg.eval_index
+    summary = Path(cfg.data).parent / "summary.json"
+    if summary.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            index = json.loads(summary.read_text(encoding="utf-8")).get("index")
+            return str(index) if index else None
+    return None
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, dev_batches, questions, hits, settings: InferenceConfig) -> dict[str, Any]:
+    """Dev loss (per target token) on `dev_batches` and dev REPLUG EM x 100 on `questions`."""
+    from radit.augment import answer_generative
+    from radit.eval.metrics import exact_match
+    from radit.prompts import get_template
+
+    was_training = model.training
+    model.eval()  # LoRA dropout off
+    result: dict[str, Any] = {"dev_loss": None, "dev_em": None}
+    try:
+        if dev_batches:
+            nll = sum(float(-batch_logprobs(model, b).sum()) for b in dev_batches)
+            result["dev_loss"] = nll / sum(count_targets(b.targets) for b in dev_batches)
+        if questions:
+            template = get_template(EVAL_TEMPLATE)
+            ems = [exact_match(answer_generative(model, tokenizer, q.question, h, template, settings).answer, q.gold_answers)
+                   for q, h in zip(questions, hits)]
+            result["dev_em"] = 100.0 * sum(ems) / len(ems)
+    finally:
+        model.train(was_training)
+    return result
+
+
+# --------------------------------------------------------------------------- the run directory
+
+
+def plot_loss(metrics_path: Path, png: Path) -> None:
+    """Train loss per step, dev loss and dev EM per evaluation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = [json.loads(x) for x in metrics_path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    train = [x for x in lines if x.get("kind") == "train"]
+    evals = [x for x in lines if x.get("kind") == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([x["step"] for x in train], [x["loss"] for x in train], lw=1, label="train loss")
+    dev = [x for x in evals if x.get("dev_loss") is not None]
+    if dev:
+        ax.plot([x["step"] for x in dev], [x["dev_loss"] for x in dev], "o-", label="dev loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats / target token)")
+    ems = [x for x in evals if x.get("dev_em") is not None]
+    if ems:
+        ax2 = ax.twinx()
+        ax2.plot([x["step"] for x in ems], [x["dev_em"] for x in ems], "s--", color="tab:green", label="dev EM")
+        ax2.set_ylabel("dev EM")
+        ax2.legend(loc="upper right")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
+def model_card(cfg: TrainLMConfig, summary: dict[str, Any]) -> str:
+    best = summary.get("best") or {}
+    adapter = cfg.method == "lora" and not cfg.lora.merge_on_save
+    load = ("from peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained(\"PATH\")"
+            if adapter else "from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(\"PATH\")")
+    return "\n".join([
+        f"# {Path(cfg.output).name}: {cfg.model} fine-tuned with RA-IT (RA-DIT LM-ft)",
+        "",
+        f"Fine-tuned from `{cfg.model}` by `radit train-lm` on retrieval-augmented examples (RA-DIT, Lin et al. 2023, "
+        "Eq. 3: loss on the answer tokens only, each answer ended by the tokenizer's eos).",
+        "",
+        f"- data: `{cfg.data}` ({summary['examples']} training examples, {summary['dev_examples']} held out for the dev loss, "
+        f"{summary['skipped_too_long']} skipped as longer than {cfg.max_length} tokens)",
+        f"- method: {cfg.method}" + (f" (r={cfg.lora.r}, alpha={cfg.lora.alpha}, {'merged' if not adapter else 'adapter only'})"
+                                     if cfg.method == "lora" else ""),
+        f"- steps: {cfg.steps} x {cfg.batch_size} rows x {cfg.grad_accum} accumulation, {cfg.max_length} tokens per row"
+        f"{' (packed)' if cfg.pack else ''}; lr {cfg.lr} -> {cfg.min_lr}, {cfg.warmup_steps} warm-up steps; dtype {summary['dtype']}",
+        f"- saved: step {best.get('step', cfg.steps)} (dev EM {_fmt(best.get('dev_em'))}, dev loss {_fmt(best.get('dev_loss'))}); "
+        f"final train loss {_fmt(summary.get('train_loss'))}",
+        (f"- dev EM: REPLUG, k={cfg.eval_k}, 0-shot, template `{EVAL_TEMPLATE}`, first {cfg.eval_questions} questions of "
+         f"`{EVAL_QUESTIONS}`" if cfg.eval_questions else "- dev EM: not run (--eval-questions 0)"),
+        f"- machine: {json.dumps(summary['machine'])}; {summary['seconds']:.0f} s",
+        "",
+        "Prompt format: `prompt_template.json` (evaluate with `radit eval --model PATH --template PATH`). "
+        "The full training config is `radit_train_config.yaml`.",
+        "",
+        "```python",
+        load,
+        "```",
+        "",
+    ])
+
+
+def save_model(model, tokenizer, cfg: TrainLMConfig, summary: dict[str, Any]) -> Path:
+    """Write output/model/ atomically: the (merged) model or the LoRA adapter, tokenizer, template, config, card."""
+    from radit.prompts import resolve_template
+
+    path = Path(cfg.output) / "model"
+    with atomic_path(path, kind="dir") as tmp:
+        if cfg.method == "lora" and cfg.lora.merge_on_save:
+            model = model.merge_and_unload()  # W + (alpha / r) B A: a plain model that loads anywhere
+        model.save_pretrained(tmp)  # safetensors (for a peft model: adapter_config.json + adapter_model.safetensors)
+        tokenizer.save_pretrained(tmp)
+        resolve_template(EVAL_TEMPLATE).save(tmp)
+        save_yaml(cfg, tmp / "radit_train_config.yaml")
+        (tmp / "README.md").write_text(model_card(cfg, summary), encoding="utf-8")
+    return path
+
+
+def _make_accelerator(cfg: TrainLMConfig, dtype: str):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    device = resolve_device(cfg.device)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        # accelerate's state is a process-wide singleton that refuses a second, different setup (another
+        # dtype, cpu vs cuda); one process may train several times (tests, notebooks), so start afresh.
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)
+    # Gradient accumulation is done by hand (normalised by the step's target tokens), so accelerate's is off.
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=_MIXED_PRECISION[dtype], gradient_accumulation_steps=1)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Fine-tune the LM on the training file (RA-IT); returns the final summary (also in metrics.json).
+
+    Args:
+        cfg: the run's settings.
+        lm: an already-loaded (model, tokenizer) of `cfg.model` to train in place (tests, notebooks);
+            default: `load_lm(cfg.model)`.
+
+    Raises:
+        FileNotFoundError, ValueError: a missing or malformed data file (file:line), no example that
+            fits --max-length, an --output holding something else, an unusable evaluation index, ...;
+            all raised before anything is written.
+    """
+    t_start = time.perf_counter()
+    out = Path(cfg.output)
+
+    # ---------------------------------------------------------------- setup: check every input first
+    examples = read_examples(cfg.data)
+    action = inspect_run_dir(out, to_dict(cfg), _MARKER_NAME, RESUMABLE_FIELDS, cfg.overwrite, finished=("metrics.json", "model"))
+    if action == "done":
+        log.info("%s: this run has finished; returning its metrics (pass --overwrite to train again)", out)
+        return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    data_sha = file_sha256(cfg.data)
+    ckpt = latest_checkpoint(out) if action == "resume" else None
+    if ckpt is not None and ckpt.state.get("data_sha256") != data_sha:
+        raise ValueError(f"--data {cfg.data} changed since the checkpoint in {ckpt.path}; pass --overwrite to start over "
+                         "or choose another --output")
+
+    dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+    accelerator = _make_accelerator(cfg, dtype)
+    device, world, rank, main = accelerator.device, accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+
+    questions, hits, temperature = [], [], None
+    if cfg.eval_questions:
+        from radit.data.qa import load_questions
+        from radit.retriever.search import load_searcher, search_batched
+
+        index = _eval_index(cfg)
+        if index is None:
+            raise ValueError(f"--eval-questions {cfg.eval_questions} needs an index to retrieve from: pass --eval-index "
+                             f"(the data file's summary.json names none), or --eval-questions 0 for the dev loss alone")
+        questions = load_questions(EVAL_QUESTIONS, limit=cfg.eval_questions, require_answers=True)
+        searcher = load_searcher(index, device=cfg.device)
+        hits = search_batched(searcher, [q.question for q in questions], cfg.eval_k, progress=False)  # once, frozen
+        temperature = searcher.retrieval_temperature
+        del searcher
+    settings = InferenceConfig(mode="replug", k=cfg.eval_k, retrieval_temperature=temperature, template=EVAL_TEMPLATE, dtype=dtype)
+
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)  # python, numpy, torch: the LoRA initialisation
+    model, tokenizer = lm if lm is not None else load_lm(cfg.model, device=str(device), dtype="float32")
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is not None and cfg.max_length > context:
+        raise ValueError(f"--max-length {cfg.max_length} exceeds {cfg.model}'s context of {context} tokens; lower it")
+    train_idx, dev_idx = dev_split(examples, cfg.seed)
+    pairs, skipped = encode_examples(tokenizer, [examples[i]["prompt"] for i in train_idx],
+                                     [examples[i]["target"] for i in train_idx], cfg.max_length)
+    dev_pairs, dev_skipped = encode_examples(tokenizer, [examples[i]["prompt"] for i in dev_idx],
+                                             [examples[i]["target"] for i in dev_idx], cfg.max_length)
+    if skipped + dev_skipped:
+        log.warning("%s: %d example(s) longer than --max-length %d tokens skipped (never truncated)",
+                    cfg.data, skipped + dev_skipped, cfg.max_length)
+    lengths = [None if x is None else len(x.prompt) + len(x.continuation) for x in pairs]
+    if all(n is None for n in lengths):
+        raise ValueError(f"--data {cfg.data}: none of the {len(pairs)} training examples fits --max-length {cfg.max_length}; raise it")
+    pad = pad_id(tokenizer)
+    dev_lengths = [None if x is None else len(x.prompt) + len(x.continuation) for x in dev_pairs]
+    dev_batches = [collate_rows([[dev_pairs[i] for i in row] for row in mb], pad, cfg.pack)
+                   for mb in plan_epoch(dev_lengths, cfg.max_length, cfg.batch_size, cfg.pack, cfg.seed, 0, shuffle=False)]
+
+    if cfg.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = cfg.lora
+        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    # Weight decay on matrices only (nanoGPT): not on norms and biases.
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr_at(1, cfg))
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    # ---------------------------------------------------------------- the run directory (first write)
+    if main:
+        if action == "overwrite":
+            for name in RUN_FILES:
+                target = out / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        mark_output_dir(out, _MARKER_NAME)
+        save_yaml(cfg, out / "config.yaml")
+        truncate_metrics(out / "metrics.jsonl", ckpt.step if ckpt else 0)
+
+    step, epoch, index, best, total_tokens, train_loss = 0, 0, 0, None, 0, None
+    if ckpt is not None:
+        load_trainable(accelerator.unwrap_model(model), ckpt.weights())
+        optimizer.load_state_dict(ckpt.optimizer_state())
+        set_rng_state(ckpt.rng())
+        step, epoch, index = ckpt.step, ckpt.state["epoch"], ckpt.state["batch_index"]
+        best, total_tokens, train_loss = ckpt.state.get("best"), ckpt.state.get("tokens", 0), ckpt.state.get("train_loss")
+        log.info("resuming from %s (step %d)", ckpt.path, step)
+    selecting = bool(dev_batches or questions)  # else the last step is the model
+    n_dev = sum(x is not None for x in dev_pairs)
+
+    # ---------------------------------------------------------------- fit
+    stream = micro_batch_stream(lengths, cfg, epoch, index)
+    metrics_file = open(out / "metrics.jsonl", "a", encoding="utf-8") if main else None
+    off = {} if main else {"disable": True}  # an explicit disable=False would override -q (TQDM_DISABLE)
+    bar = tqdm(total=cfg.steps, initial=step, desc="train-lm", unit="step", **off)
+    try:
+        while step < cfg.steps:
+            step += 1
+            t0 = time.perf_counter()
+            # One optimizer step takes grad_accum micro-batches per process; process r gets r, r + world, ...
+            taken = [next(stream) for _ in range(cfg.grad_accum * world)]
+            epoch, index = taken[-1][0], taken[-1][1] + 1
+            mine = [collate_rows([[pairs[i] for i in row] for row in mb], pad, cfg.pack) for _, _, mb in taken[rank::world]]
+            tokens = sum(lengths[i] for _, _, mb in taken for row in mb for i in row)
+            # Eq. 3 normalised by the target tokens of the whole step, on every process (losses.py): the
+            # micro-batch gradients then add up to the one-big-batch gradient.
+            n_step = accelerator.reduce(torch.tensor(float(sum(count_targets(b.targets) for b in mine)), device=device), "sum")
+            lr = lr_at(step, cfg)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            nll = torch.zeros((), device=device)
+            for i, b in enumerate(mine):
+                sync = contextlib.nullcontext() if i == len(mine) - 1 else accelerator.no_sync(model)
+                with sync:
+                    loss = nll_from_logprobs(batch_logprobs(model, b), b.targets.to(device), n_step)
+                    accelerator.backward(loss * world)  # DDP averages gradients over processes; undo it
+                nll += loss.detach()
+            grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            train_loss = float(accelerator.reduce(nll, "sum"))
+            total_tokens += tokens
+            seconds = time.perf_counter() - t0
+            record = {"kind": "train", "step": step, "epoch": epoch, "loss": train_loss, "lr": lr, "tokens": tokens,
+                      "tokens_per_s": tokens / seconds, "grad_norm": float(grad_norm), "target_tokens": int(n_step),
+                      "seconds": seconds}
+            bar.update(1)
+            bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tokens / seconds:.0f}", lr=f"{lr:.2e}")
+            if main:
+                metrics_file.write(json.dumps(record) + "\n")
+
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                if main:
+                    t_eval = time.perf_counter()
+                    result = evaluate(accelerator.unwrap_model(model), tokenizer, dev_batches, questions, hits, settings)
+                    result = {"kind": "eval", "step": step, **result, "dev_questions": len(questions),
+                              "dev_examples": n_dev, "seconds": time.perf_counter() - t_eval}
+                    metrics_file.write(json.dumps(result) + "\n")
+                    log.info("step %d: dev loss %s, dev EM %s", step, result["dev_loss"], result["dev_em"])
+                    if selecting and is_better(result, best):
+                        best = {k: result[k] for k in ("step", "dev_em", "dev_loss")}
+                        with atomic_path(out / "best", kind="dir") as tmp:
+                            tmp.mkdir()
+                            save_weights(tmp / "trainable.safetensors", trainable_state(accelerator.unwrap_model(model)))
+                            atomic_write_json(tmp / "best.json", best)
+                accelerator.wait_for_everyone()
+            if main:
+                metrics_file.flush()
+
+            if step % cfg.checkpoint_every == 0:
+                if main:
+                    state = {"epoch": epoch, "batch_index": index, "seed": cfg.seed, "best": best,
+                             "tokens": total_tokens, "train_loss": train_loss, "data_sha256": data_sha}
+                    save_checkpoint(out, step, trainable_state(accelerator.unwrap_model(model)), optimizer.state_dict(), state)
+                accelerator.wait_for_everyone()
+    finally:
+        bar.close()
+        if metrics_file is not None:
+            metrics_file.close()
+
+    # ---------------------------------------------------------------- save the best evaluation's model
+    summary: dict[str, Any] = {}
+    if main:
+        final = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+        if selecting and best is not None and best["step"] != step:
+            saved = json.loads((out / "best" / "best.json").read_text(encoding="utf-8"))
+            if saved.get("step") != best["step"]:
+                raise ValueError(f"{out / 'best'} holds step {saved.get('step')}, the checkpoint says {best['step']}; "
+                                 "rerun with --overwrite")
+            load_trainable(final, read_weights(out / "best" / "trainable.safetensors"))
+        seconds = time.perf_counter() - t_start
+        summary = {
+            "model": str(out / "model"), "output": str(out), "method": cfg.method, "steps": cfg.steps,
+            "best": best if selecting else None, "train_loss": train_loss,
+            "examples": sum(n is not None for n in lengths), "dev_examples": n_dev,
+            "skipped_too_long": skipped + dev_skipped, "tokens": total_tokens, "dtype": dtype,
+            "resumed_from": ckpt.step if ckpt else None, "seconds": seconds, "machine": machine_info(device),
+        }
+        save_model(final, tokenizer, cfg, summary)
+        plot_loss(out / "metrics.jsonl", out / "loss.png")
+        atomic_write_json(out / "metrics.json", summary)  # the run is finished once this exists
+        shutil.rmtree(out / "best", ignore_errors=True)  # model/ holds these weights now
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`radit train-lm` without the CLI: --config FILE and any TrainLMConfig flag."""
+    import argparse
+
+    from radit.config_io import add_arguments, build_config
+
+    parser = argparse.ArgumentParser(prog="python -m radit.train.lm_ft", description=TrainLMConfig.__doc__)
+    parser.add_argument("--config", help="YAML file of TrainLMConfig options (flags override it)")
+    add_arguments(parser, TrainLMConfig)
+    args = parser.parse_args(argv)
+    config_path = args.config
+    del args.config
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = build_config(TrainLMConfig, args, config_path)
+    summary = train_lm(cfg)
+    print(json.dumps({k: summary[k] for k in ("model", "best", "train_loss", "seconds")}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
