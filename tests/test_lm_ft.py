@@ -238,13 +238,18 @@ def test_dev_em_with_an_index_and_data_summary(tmp_path, tiny_lm_dir, passages_f
     index = tmp_path / "index"
     build_index(IndexConfig(passages=str(passages_file), output=str(index), backend="bm25"))
     write_examples(tmp_path / "train.jsonl")
-    (tmp_path / "summary.json").write_text(json.dumps({"index": str(index)}))  # the data builder's summary
+    # The data builder's summary names the index and the template the prompts were rendered with.
+    (tmp_path / "summary.json").write_text(json.dumps({"index": str(index), "template": {"name": "qa-short", "version": 1}}))
     cfg = config(tmp_path, tiny_lm_dir, steps=2, eval_every=1, eval_questions=2, eval_k=2)
     summary = train_lm(cfg)
     evals = train_lines(Path(cfg.output), "eval")
     assert [x["step"] for x in evals] == [1, 2]
     assert all(x["dev_em"] is not None and x["dev_questions"] == 2 for x in evals)
     assert summary["best"]["dev_em"] is not None
+    # The saved model carries the training data's template, so `radit eval --template MODEL` asks the same way.
+    from radit.prompts import resolve_template
+
+    assert resolve_template(str(Path(summary["model"]))).name == "qa-short"
 
 
 _KILLED_RUN = """

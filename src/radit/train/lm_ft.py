@@ -65,6 +65,7 @@ from radit.config_io import save_yaml, to_dict
 from radit.lm.inputs import IGNORE_INDEX, pad_id
 from radit.lm.model import load_lm, logits_to_keep_supported, model_device
 from radit.lm.scoring import target_logprobs
+from radit.prompts import to_model_text
 from radit.runtime import machine_info, resolve_device, resolve_dtype
 from radit.train.checkpoint import (
     inspect_run_dir,
@@ -205,20 +206,36 @@ def is_better(new: dict[str, Any], best: dict[str, Any] | None) -> bool:
     return True
 
 
+def _data_summary(cfg: TrainLMConfig) -> dict[str, Any]:
+    """The summary.json that `radit build-lm-data` wrote beside the training file ({} if none)."""
+    path = Path(cfg.data).parent / "summary.json"
+    with contextlib.suppress(ValueError, OSError):
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        return summary if isinstance(summary, dict) else {}
+    return {}
+
+
 def _eval_index(cfg: TrainLMConfig) -> str | None:
     if cfg.eval_index:
         return cfg.eval_index
-    summary = Path(cfg.data).parent / "summary.json"
-    if summary.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            index = json.loads(summary.read_text(encoding="utf-8")).get("index")
-            return str(index) if index else None
-    return None
+    index = _data_summary(cfg).get("index")
+    return str(index) if index else None
+
+
+def _data_template(cfg: TrainLMConfig):
+    """The template the training prompts were rendered with (the data summary's; else qa): the dev
+    evaluation asks with it and the saved model carries it."""
+    from radit.prompts import resolve_template
+
+    template = _data_summary(cfg).get("template")
+    name = template.get("name") if isinstance(template, dict) else template
+    return resolve_template(name or EVAL_TEMPLATE)
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, dev_batches, questions, hits, settings: InferenceConfig) -> dict[str, Any]:
-    """Dev loss (per target token) on `dev_batches` and dev REPLUG EM x 100 on `questions`."""
+def evaluate(model, tokenizer, dev_batches, questions, hits, settings: InferenceConfig, template=None) -> dict[str, Any]:
+    """Dev loss (per target token) on `dev_batches` and dev REPLUG EM x 100 on `questions`, asked with
+    `template` (default: qa)."""
     from radit.augment import answer_generative
     from radit.eval.metrics import exact_match
     from radit.prompts import get_template
@@ -231,7 +248,7 @@ def evaluate(model, tokenizer, dev_batches, questions, hits, settings: Inference
             nll = sum(float(-batch_logprobs(model, b).sum()) for b in dev_batches)
             result["dev_loss"] = nll / sum(count_targets(b.targets) for b in dev_batches)
         if questions:
-            template = get_template(EVAL_TEMPLATE)
+            template = template or get_template(EVAL_TEMPLATE)
             ems = [exact_match(answer_generative(model, tokenizer, q.question, h, template, settings).answer, q.gold_answers)
                    for q, h in zip(questions, hits)]
             result["dev_em"] = 100.0 * sum(ems) / len(ems)
@@ -312,15 +329,13 @@ def model_card(cfg: TrainLMConfig, summary: dict[str, Any]) -> str:
 
 def save_model(model, tokenizer, cfg: TrainLMConfig, summary: dict[str, Any]) -> Path:
     """Write output/model/ atomically: the (merged) model or the LoRA adapter, tokenizer, template, config, card."""
-    from radit.prompts import resolve_template
-
     path = Path(cfg.output) / "model"
     with atomic_path(path, kind="dir") as tmp:
         if cfg.method == "lora" and cfg.lora.merge_on_save:
             model = model.merge_and_unload()  # W + (alpha / r) B A: a plain model that loads anywhere
         model.save_pretrained(tmp)  # safetensors (for a peft model: adapter_config.json + adapter_model.safetensors)
         tokenizer.save_pretrained(tmp)
-        resolve_template(EVAL_TEMPLATE).save(tmp)
+        _data_template(cfg).save(tmp)
         save_yaml(cfg, tmp / "radit_train_config.yaml")
         (tmp / "README.md").write_text(model_card(cfg, summary), encoding="utf-8")
     return path
@@ -391,7 +406,8 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
         hits = search_batched(searcher, [q.question for q in questions], cfg.eval_k, progress=False)  # once, frozen
         temperature = searcher.retrieval_temperature
         del searcher
-    settings = InferenceConfig(mode="replug", k=cfg.eval_k, retrieval_temperature=temperature, template=EVAL_TEMPLATE, dtype=dtype)
+    template = _data_template(cfg)
+    settings = InferenceConfig(mode="replug", k=cfg.eval_k, retrieval_temperature=temperature, template=template.name, dtype=dtype)
 
     from accelerate.utils import set_seed
 
@@ -401,9 +417,11 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
     if context is not None and cfg.max_length > context:
         raise ValueError(f"--max-length {cfg.max_length} exceeds {cfg.model}'s context of {context} tokens; lower it")
     train_idx, dev_idx = dev_split(examples, cfg.seed)
-    pairs, skipped = encode_examples(tokenizer, [examples[i]["prompt"] for i in train_idx],
+    # A chat template's prompts are read as the model's chat turn, as at inference (and as build-lm-data counted them).
+    prompts = [to_model_text(template, ex["prompt"], tokenizer) for ex in examples]
+    pairs, skipped = encode_examples(tokenizer, [prompts[i] for i in train_idx],
                                      [examples[i]["target"] for i in train_idx], cfg.max_length)
-    dev_pairs, dev_skipped = encode_examples(tokenizer, [examples[i]["prompt"] for i in dev_idx],
+    dev_pairs, dev_skipped = encode_examples(tokenizer, [prompts[i] for i in dev_idx],
                                              [examples[i]["target"] for i in dev_idx], cfg.max_length)
     if skipped + dev_skipped:
         log.warning("%s: %d example(s) longer than --max-length %d tokens skipped (never truncated)",
@@ -499,7 +517,8 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 if main:
                     t_eval = time.perf_counter()
-                    result = evaluate(accelerator.unwrap_model(model), tokenizer, dev_batches, questions, hits, settings)
+                    result = evaluate(accelerator.unwrap_model(model), tokenizer, dev_batches, questions, hits, settings,
+                                      template)
                     result = {"kind": "eval", "step": step, **result, "dev_questions": len(questions),
                               "dev_examples": n_dev, "seconds": time.perf_counter() - t_eval}
                     metrics_file.write(json.dumps(result) + "\n")
