@@ -1,7 +1,10 @@
 """The baselines RA-DIT must beat: the base LM with and without retrieval, on the bundled SQuAD-open test
-questions, plus MMLU 0-shot closed-book (the check that multiple-choice scoring beats chance).
+questions, plus MMLU 0-shot closed-book (the check that multiple-choice scoring beats chance). The same
+sweep measures a fine-tuned LM (`--model runs/lm-ft/model --template runs/lm-ft/model`).
 
     python benchmarks/baselines.py --index runs/quickstart/index [--limit 200] [--mmlu-sample 1000]
+    python benchmarks/baselines.py --model runs/lm-ft/model --template runs/lm-ft/model --out runs/lm-ft-eval \
+        --name lm_ft_quality --shots 0 --mmlu-sample 0 --only squad-open-replug-k3-0shot
 
 Runs `radit eval` (in-process, one LM load) for closed-book, top-1, concat k=3 and REPLUG k=3, 5, 10,
 each 0-shot and 5-shot, into runs/baselines/<name>/ (resumable: a rerun continues), then writes
@@ -20,7 +23,7 @@ from pathlib import Path
 
 from common import RESULTS, save
 
-from radit.config import EvalConfig
+from radit.config import EvalConfig, InferenceConfig
 from radit.eval.harness import run_eval
 from radit.eval.report import make_report
 from radit.lm.model import load_lm
@@ -41,6 +44,9 @@ def main() -> None:
     ap.add_argument("--scoring", default="nll")
     ap.add_argument("--out", default="runs/baselines")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--template", default=None, help="template name or model folder (default: each task's own)")
+    ap.add_argument("--name", default="baselines", help="results file benchmarks/results/<name>.json and report folder")
+    ap.add_argument("--only", nargs="+", default=None, help="run only these named runs (e.g. squad-open-replug-k3-0shot)")
     ap.add_argument("--report-only", action="store_true",
                     help="evaluate nothing: tabulate the runs already finished (a partial sweep)")
     args = ap.parse_args()
@@ -49,16 +55,21 @@ def main() -> None:
     configs = []
     if args.mmlu_sample:
         # The paper's letter format, and cloze (each option's text scored; what small models are measured with).
-        mmlu = dict(task="mmlu", mode="closed-book", sample=args.mmlu_sample)
-        configs.append(("mmlu-closed-book-0shot", EvalConfig(**mmlu)))
-        configs.append(("mmlu-cloze-closed-book-0shot", EvalConfig(**mmlu, template="mmlu-cloze")))
-        configs.append(("mmlu-cloze-nll_char-closed-book-0shot", EvalConfig(**mmlu, template="mmlu-cloze", scoring="nll_char")))
+        mmlu = dict(task="mmlu", sample=args.mmlu_sample)
+        closed = dict(mode="closed-book")
+        configs.append(("mmlu-closed-book-0shot", EvalConfig(**mmlu, inference=InferenceConfig(**closed))))
+        configs.append(("mmlu-cloze-closed-book-0shot", EvalConfig(**mmlu, inference=InferenceConfig(**closed, template="mmlu-cloze"))))
+        configs.append(("mmlu-cloze-nll_char-closed-book-0shot",
+                        EvalConfig(**mmlu, inference=InferenceConfig(**closed, template="mmlu-cloze", scoring="nll_char"))))
     for mode, k, shots in SQUAD_RUNS:
         if shots not in args.shots:
             continue
         name = f"squad-open-{mode}" + ("" if mode in ("closed-book", "top1") else f"-k{k}") + f"-{shots}shot"
+        inference = InferenceConfig(mode=mode, k=max(k, 1), scoring=args.scoring, template=args.template)
         configs.append((name, EvalConfig(task="squad-open", index=None if mode == "closed-book" else args.index,
-                                         mode=mode, k=max(k, 1), shots=shots, limit=args.limit, scoring=args.scoring)))
+                                         inference=inference, shots=shots, limit=args.limit)))
+    if args.only:
+        configs = [(name, cfg) for name, cfg in configs if name in args.only]
     rows, dirs, missing = [], [], []
     for name, cfg in configs:
         cfg.model, cfg.device, cfg.output = args.model, args.device, f"{args.out}/{name}"
@@ -75,26 +86,29 @@ def main() -> None:
         rows.append({"name": name, "command": eval_command(cfg), **{k: report[k] for k in (
             "task", "mode", "k", "shots", "scoring", "template", "n", "metrics", "temperature", "truncated_prompts", "seconds")}})
         dirs.append(Path(cfg.output))
-    md = make_report(dirs, RESULTS / "baselines")
-    print(md.read_text())
+    if dirs:
+        print(make_report(dirs, RESULTS / args.name).read_text())
     if missing:
         print(f"not finished (rerun without --report-only to resume them): {', '.join(missing)}")
-    save("baselines", {"model": args.model, "index": args.index, "runs": rows, "not_finished": missing})
+    save(args.name, {"model": args.model, "index": args.index, "runs": rows, "not_finished": missing})
 
 
 def eval_command(cfg: EvalConfig) -> str:
     """The `radit eval` command line that reproduces one run."""
-    parts = [f"radit eval --task {cfg.task} --mode {cfg.mode}"]
-    if cfg.mode == "top1":
+    inf = cfg.inference
+    parts = [f"radit eval --task {cfg.task} --mode {inf.mode}"]
+    if cfg.model != "smollm2-135m-instruct":
+        parts.append(f"--model {cfg.model}")
+    if inf.mode == "top1":
         parts.append(f"--index {cfg.index}")
-    elif cfg.mode != "closed-book":
-        parts.append(f"--index {cfg.index} --k {cfg.k}")
+    elif inf.mode != "closed-book":
+        parts.append(f"--index {cfg.index} --k {inf.k}")
     parts.append(f"--shots {cfg.shots}")
     parts.append(f"--sample {cfg.sample}" if cfg.sample else f"--limit {cfg.limit}")
-    if cfg.template:
-        parts.append(f"--template {cfg.template}")
-    if cfg.scoring != "nll":
-        parts.append(f"--scoring {cfg.scoring}")
+    if inf.template:
+        parts.append(f"--template {inf.template}")
+    if inf.scoring != "nll":
+        parts.append(f"--scoring {inf.scoring}")
     return " ".join(parts)
 
 
