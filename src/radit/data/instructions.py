@@ -54,13 +54,14 @@ import dataclasses
 import functools
 import io
 import logging
-import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from radit.answers import normalize_answer
+from radit.data import folder
+from radit.data.folder import DATA_ENV, require
 from radit.data.qa import QUICKSTART_PREFIX, load_questions
 from radit.data.records import (
     SURROGATE_FIX,
@@ -84,8 +85,6 @@ CATEGORIES = ("open-qa", "reading", "summarize", "reasoning", "fact-check", "dia
 `reading` and `summarize` carry their own context; the others retrieve their Background."""
 OWN_CONTEXT = ("reading", "summarize")
 """The categories whose examples bring their own Background (their `context`)."""
-DATA_ENV = "RADIT_DATA"
-DEFAULT_DATA_DIR = "../shared/data"
 JSONL_PREFIX = "jsonl:"
 HF_PREFIX = "hf:"
 SUMMARIZE_PROMPT = "Summarize this article:"
@@ -173,27 +172,12 @@ class Source:
 
 
 def resolve_data_dir(data_dir: str | Path | None = None, need: str = "the public data sets") -> Path:
-    """`data_dir`, else `$RADIT_DATA`, else `../shared/data`; an error naming the folder if missing."""
-    if data_dir:
-        where, path = "--data-dir", Path(data_dir)
-    elif os.environ.get(DATA_ENV):
-        where, path = f"${DATA_ENV}", Path(os.environ[DATA_ENV])
-    else:
-        where, path = "the default", Path(DEFAULT_DATA_DIR)
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"data folder {path} ({where}) does not exist; {need} are read from it (nq_open/, entityquestions/, "
-            f"instructions/ in their original formats). Point --data-dir (or ${DATA_ENV}) at such a folder, or "
-            "use the bundled quickstart:squad-open/train or a jsonl:PATH source"
-        )
-    return path
-
-
-def _in_data_dir(root: Path, rel: str, what: str) -> Path:
-    path = root / rel
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: {what} not found in the data folder; check --data-dir (or ${DATA_ENV})")
-    return path
+    """The folder of the public data sets (`radit.data.folder.resolve_data_dir`), for `need`."""
+    return folder.resolve_data_dir(
+        data_dir,
+        holds=f"{need} (nq_open/, entityquestions/, instructions/ in their original formats)",
+        instead="use the bundled quickstart:squad-open/train or a jsonl:PATH source",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,7 +251,7 @@ def _read_questions(name: str, src: Source, root: Path | None, on_error: str) ->
         files = [name]  # a bundled quickstart split, a load_questions spec
     else:
         assert root is not None
-        path = _in_data_dir(root, src.path, name)
+        path = require(root / src.path, name)
         files = [str(p) for p in sorted(path.glob("P*.train.jsonl"))] if path.is_dir() else [str(path)]
         if not files:
             raise FileNotFoundError(f"{path}: no P*.train.jsonl files; check --data-dir (or ${DATA_ENV})")
@@ -428,7 +412,7 @@ def read_bigbench(path: Path, source: str, category: str, adapt: Callable[..., d
 
 def _read_bigbench_source(name: str, src: Source, root: Path | None, on_error: str) -> InstructionSet:
     assert root is not None and src.path is not None and src.adapt is not None
-    path = _in_data_dir(root, f"{src.path}/task.json", f"the BIG-bench task of {name}")
+    path = require(root / f"{src.path}/task.json", f"the BIG-bench task of {name}")
     out = read_bigbench(path, name, src.category, src.adapt, on_error)
     if src.adapt is _adapt_fever:
         # BIG-bench's FEVER claims come from FEVER; drop any that `radit eval --task fever` asks.

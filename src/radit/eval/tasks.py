@@ -39,7 +39,6 @@ import dataclasses
 import functools
 import io
 import logging
-import os
 import random
 import re
 from collections.abc import Callable
@@ -47,6 +46,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from radit.answers import gold_answers
+from radit.data import folder
+from radit.data.folder import require
 from radit.data.qa import Question, load_questions
 from radit.data.records import (
     SURROGATE_FIX,
@@ -69,8 +70,6 @@ DEMO_SEED = 0
 QA_FILE_SEED = "qa-file"
 """Shuffles the demonstrations of every `qa-file:` task: a seed that holds the file's path would
 change them (and the scores) when the file is renamed or moved."""
-DATA_ENV = "RADIT_DATA"
-DEFAULT_DATA_DIR = "../shared/data"
 QA_FILE_PREFIX = "qa-file:"
 MMLU_LETTERS = ("A", "B", "C", "D")
 FEVER_LABELS = {"SUPPORTS": "true", "REFUTES": "false"}
@@ -147,28 +146,14 @@ class Task:
 
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
-    """`data_dir`, else `$RADIT_DATA`, else `../shared/data`; an error saying where to get it if missing."""
-    if data_dir:
-        where, path = "--data-dir", Path(data_dir)
-    elif os.environ.get(DATA_ENV):
-        where, path = f"${DATA_ENV}", Path(os.environ[DATA_ENV])
-    else:
-        where, path = "the default", Path(DEFAULT_DATA_DIR)
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"data folder {path} ({where}) does not exist. It holds the public evaluation sets in their "
-            "original formats: nq_open/{test.jsonl,dev.tsv} and triviaqa/dev.tsv (DPR's releases, "
-            "github.com/facebookresearch/DPR), hotpotqa/dev.json, fever/dev.jsonl, mmlu/data/{dev,test}/*.csv "
-            "(github.com/hendrycks/test). Point --data-dir (or $RADIT_DATA) at such a folder, or evaluate "
-            "any question file with --task qa-file:PATH"
-        )
-    return path
-
-
-def _need(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: {what} not found in the data folder; check --data-dir (or ${DATA_ENV})")
-    return path
+    """The folder of the public evaluation sets (`radit.data.folder.resolve_data_dir`)."""
+    return folder.resolve_data_dir(
+        data_dir,
+        holds="the public evaluation sets in their original formats: nq_open/{test.jsonl,dev.tsv} and "
+        "triviaqa/dev.tsv (DPR's releases, github.com/facebookresearch/DPR), hotpotqa/dev.json, fever/dev.jsonl, "
+        "mmlu/data/{dev,test}/*.csv (github.com/hendrycks/test)",
+        instead="evaluate any question file with --task qa-file:PATH",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,22 +322,22 @@ def squad_open(data_dir: str | Path | None = None, on_error: str = "error") -> T
 
 def nq_open(data_dir: str | Path | None = None, on_error: str = "error") -> Task:
     root = resolve_data_dir(data_dir) / "nq_open"
-    return _qa_task("nq-open", str(_need(root / "test.jsonl", "NQ-open test")), str(_need(root / "dev.tsv", "NQ-open dev")),
+    return _qa_task("nq-open", str(require(root / "test.jsonl", "NQ-open test")), str(require(root / "dev.tsv", "NQ-open dev")),
                     on_error=on_error)
 
 
 def triviaqa(data_dir: str | Path | None = None, on_error: str = "error") -> Task:
-    path = _need(resolve_data_dir(data_dir) / "triviaqa" / "dev.tsv", "TriviaQA dev")
+    path = require(resolve_data_dir(data_dir) / "triviaqa" / "dev.tsv", "TriviaQA dev")
     return _qa_task("triviaqa", str(path), None, held_out=True, on_error=on_error)
 
 
 def hotpotqa(data_dir: str | Path | None = None, on_error: str = "error") -> Task:
-    path = _need(resolve_data_dir(data_dir) / "hotpotqa" / "dev.json", "HotpotQA dev")
+    path = require(resolve_data_dir(data_dir) / "hotpotqa" / "dev.json", "HotpotQA dev")
     return _qa_task("hotpotqa", str(path), None, held_out=True, on_error=on_error)
 
 
 def fever(data_dir: str | Path | None = None, on_error: str = "error") -> Task:
-    path = _need(resolve_data_dir(data_dir) / "fever" / "dev.jsonl", "FEVER dev")
+    path = require(resolve_data_dir(data_dir) / "fever" / "dev.jsonl", "FEVER dev")
     notes: list[str] = []
 
     @functools.cache
@@ -369,8 +354,8 @@ def fever(data_dir: str | Path | None = None, on_error: str = "error") -> Task:
 
 
 def mmlu(data_dir: str | Path | None = None, on_error: str = "error") -> Task:
-    root = _need(resolve_data_dir(data_dir) / "mmlu" / "data", "MMLU data folder")
-    test_dir, dev_dir = _need(root / "test", "MMLU test folder"), _need(root / "dev", "MMLU dev folder")
+    root = require(resolve_data_dir(data_dir) / "mmlu" / "data", "MMLU data folder")
+    test_dir, dev_dir = require(root / "test", "MMLU test folder"), require(root / "dev", "MMLU dev folder")
 
     @functools.cache
     def read() -> list[Example]:
@@ -381,7 +366,7 @@ def mmlu(data_dir: str | Path | None = None, on_error: str = "error") -> Task:
 
     @functools.cache
     def dev(subject: str) -> list[Example]:
-        return read_mmlu_csv(_need(dev_dir / f"{subject}_dev.csv", f"MMLU dev file of {subject}"), on_error)
+        return read_mmlu_csv(require(dev_dir / f"{subject}_dev.csv", f"MMLU dev file of {subject}"), on_error)
 
     def pool(example: Example | None) -> list[Example]:
         if example is None or "subject" not in example.meta:
