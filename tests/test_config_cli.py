@@ -60,7 +60,8 @@ def test_help_of_every_command(command):
 
 
 # Each shipped preset is named for the command that reads it: configs/<command>-*.yaml.
-PRESET_COMMANDS = {"index": "index", "lm-data": "build-lm-data", "lm-ft": "train-lm"}
+PRESET_COMMANDS = {"index": "index", "lm-data": "build-lm-data", "lm-ft": "train-lm", "lsr-data": "build-lsr-data",
+                   "r-ft": "train-retriever"}
 
 
 @pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/*.yaml")), ids=lambda p: p.name)

@@ -76,3 +76,16 @@ def test_regex_is_not_read_as_text_and_text_is_not_read_as_regex():
 def test_regex_answers_are_compared_in_nfd_like_dpr():
     (cafe,) = gold_answers(["caf\u00e9"], "regex")  # composed é
     assert has_answer("Un CAFE\u0301 cr\u00e8me", [cafe])  # decomposed É
+
+
+def test_paired_bootstrap_interval():
+    from radit.eval.metrics import paired_bootstrap
+
+    a = [0, 1, 0, 1] * 50
+    same = paired_bootstrap(a, a)
+    assert same == {"diff": 0.0, "low": 0.0, "high": 0.0, "significant": False}
+    better = paired_bootstrap(a, [1] * 200)  # +0.5 on every other question
+    assert better["diff"] == 0.5 and 0.4 < better["low"] < 0.5 < better["high"] < 0.6 and better["significant"]
+    noisy = paired_bootstrap([0, 1] * 10, [1, 0] * 9 + [1, 1])  # one question's gain in 20: not significant
+    assert noisy["diff"] == 0.05 and noisy["low"] < 0 < noisy["high"] and not noisy["significant"]
+    assert paired_bootstrap(a, [1] * 200, seed=0) == better  # fixed seed, same interval

@@ -22,11 +22,13 @@ from radit.config import (
     EvalRetrievalConfig,
     IndexConfig,
     LMDataConfig,
+    LSRDataConfig,
     ModelsConfig,
     QuickstartConfig,
     ReportConfig,
     SearchConfig,
     TrainLMConfig,
+    TrainRetrieverConfig,
 )
 from radit.config_io import add_arguments, build_config
 
@@ -256,6 +258,28 @@ def cmd_train_lm(cfg: TrainLMConfig) -> int:
     return 0
 
 
+def cmd_build_lsr_data(cfg: LSRDataConfig) -> int:
+    from radit.train.lsr_data import build_lsr_data
+
+    m = build_lsr_data(cfg)
+    speed = (m.get("scoring") or {}).get("pairs_per_s")
+    print(f"{m['pairs']} pairs ({m['corpus_pairs']} corpus, {m['task_pairs']} task) x top-{cfg.k} scored by {cfg.model}"
+          + (f" at {speed:.2f} (pair, chunk)/s" if speed else "") + f" -> {cfg.output}")
+    return 0
+
+
+def cmd_train_retriever(cfg: TrainRetrieverConfig) -> int:
+    from radit.train.r_ft import train_retriever
+
+    report = train_retriever(cfg)
+    print(f"fine-tuned query encoder -> {report['model']} (use it with --query-encoder and the index {report['index']})")
+    base, best = report.get("base") or {}, report.get("best") or {}
+    for key in ("dev_hit@1", "dev_hit@10", "dev_mrr"):
+        if key in best:
+            print(f"  {key:<12} {base.get(key, float('nan')):8.4g} -> {best[key]:8.4g}")
+    return 0
+
+
 @dataclasses.dataclass
 class Command:
     func: Callable[[Any], int]
@@ -275,6 +299,8 @@ COMMANDS: dict[str, Command] = {
     "report": Command(cmd_report, ReportConfig, "compare finished eval runs: markdown table and bar chart"),
     "build-lm-data": Command(cmd_build_lm_data, LMDataConfig, "instruction data -> retrieval-augmented training examples (RA-IT)"),
     "train-lm": Command(cmd_train_lm, TrainLMConfig, "fine-tune the LM on retrieval-augmented examples (LM-ft, Eq. 3)"),
+    "build-lsr-data": Command(cmd_build_lsr_data, LSRDataConfig, "pairs + top-k chunks + frozen-LM scores for R-ft (LSR, Eq. 4)"),
+    "train-retriever": Command(cmd_train_retriever, TrainRetrieverConfig, "fine-tune the query encoder on LSR targets (R-ft, Eq. 5)"),
     "models": Command(cmd_models, ModelsConfig, "list packaged models / resolve model specs", positional="spec"),
 }
 

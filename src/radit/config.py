@@ -81,6 +81,41 @@ class EncoderConfig:
 
 
 @dataclasses.dataclass
+class HybridConfig:
+    """`radit index --backend hybrid`: fuse a dense and a BM25 index of the same passages (no re-indexing:
+    the hybrid directory holds only a manifest naming the two). See radit.retriever.hybrid."""
+
+    dense_index: str | None = None
+    """The dense index (written by `radit index`) to fuse; --query-encoder at search time swaps its query tower."""
+    bm25_index: str | None = None
+    """The BM25 index (`radit index --backend bm25`) to fuse; built from the same passages file as --dense-index."""
+    fusion: Literal["rrf", "weighted"] = "weighted"
+    """weighted: w * dense + (1 - w) * BM25 over per-query min-max normalised scores; rrf: reciprocal-rank
+    fusion, sum of 1/(rrf_k + rank). On SQuAD-open dev (MiniLM) weighted had 6 points more answer-hit@1."""
+    fusion_weight: float | None = None
+    """Weight w of the dense side (--fusion weighted only); default 0.5 (0.4 tuned on SQuAD-open dev with MiniLM)."""
+    rrf_k: int = 60
+    """Rank offset of reciprocal-rank fusion (--fusion rrf; 60 as in Cormack et al. 2009)."""
+    fusion_depth: int = 100
+    """Candidates each side retrieves per query before fusing (at least k)."""
+    fusion_temperature: float | None = None
+    """p_R temperature over the fused scores (Eq. 2); default per method (radit.retriever.hybrid.FUSION_TEMPERATURE)."""
+
+    def __post_init__(self) -> None:
+        if self.fusion_weight is not None:
+            if self.fusion != "weighted":
+                raise ValueError("--fusion-weight applies to --fusion weighted only")
+            if not 0 <= self.fusion_weight <= 1:
+                raise ValueError(f"--fusion-weight must be in [0, 1], got {self.fusion_weight}")
+        for name in ("rrf_k", "fusion_depth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        t = self.fusion_temperature
+        if t is not None and not (t > 0 and math.isfinite(t)):
+            raise ValueError(f"--fusion-temperature must be a finite number > 0, got {t}")
+
+
+@dataclasses.dataclass
 class IndexConfig:
     """`radit index`: embed passages and build a searchable index."""
 
@@ -88,8 +123,9 @@ class IndexConfig:
     """Passages file written by `radit corpus`."""
     output: str = "runs/index"
     """Index directory."""
-    backend: Literal["dense", "bm25"] = "dense"
-    """dense: dual encoder + FAISS; bm25: lexical baseline through bm25s."""
+    backend: Literal["dense", "bm25", "hybrid"] = "dense"
+    """dense: dual encoder + FAISS; bm25: lexical baseline through bm25s; hybrid: fuse a dense and a BM25
+    index (--dense-index, --bm25-index; --passages is theirs)."""
     encoder: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
     """The dual encoder whose document tower embeds the passages (dense only)."""
     index_type: Literal["flat", "ivfpq", "hnsw"] = "flat"
@@ -122,6 +158,8 @@ class IndexConfig:
     faster indexing measured), float32 elsewhere (bf16 was 3.6x slower on a CPU without AMX)."""
     overwrite: bool = False
     """Delete an existing index in --output that was built from other passages or another encoder."""
+    hybrid: HybridConfig = flat(HybridConfig)
+    """The two indexes a hybrid one fuses, and how (--backend hybrid)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "shard_size", "pq_bits", "nprobe", "hnsw_m", "ef_search"):
@@ -131,8 +169,13 @@ class IndexConfig:
             raise ValueError(f"--rerank must be >= 0, got {self.rerank}")
         if self.rerank and self.index_type == "flat":
             raise ValueError("--rerank applies to approximate indexes (--index-type ivfpq or hnsw); flat is exact")
-        if self.backend == "bm25" and self.index_type != "flat":
+        if self.backend != "dense" and self.index_type != "flat":
             raise ValueError("--index-type applies to --backend dense only")
+        sides = self.hybrid.dense_index, self.hybrid.bm25_index
+        if self.backend == "hybrid" and not all(sides):
+            raise ValueError("--backend hybrid needs --dense-index DIR and --bm25-index DIR (the indexes to fuse)")
+        if self.backend != "hybrid" and any(sides):
+            raise ValueError("--dense-index and --bm25-index apply to --backend hybrid only")
 
 
 @dataclasses.dataclass
@@ -534,5 +577,162 @@ class TrainLMConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
             raise ValueError(f"--lr must be > 0 and --min-lr in [0, lr], got lr={self.lr}, min_lr={self.min_lr}")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise ValueError("--grad-clip and --weight-decay must be >= 0")
+
+
+# --------------------------------------------------------------------------------------------------
+# Retriever fine-tuning (R-ft: LM-supervised retrieval, the paper's §2.4 and Eq. 4-5)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LSRDataConfig:
+    """`radit build-lsr-data`: training pairs (x, y) with their top-k chunks and the frozen LM's
+    log p_LM(y | c ∘ x) under each chunk: the cache R-ft (Eq. 4-5) trains on.
+
+    Pairs are a mixture of corpus pairs (a random chunk: x = its first --corpus-tokens tokens, y = its
+    last --corpus-tokens; the paper's 0.95) and task pairs (a question and its gold answer from the
+    instruction sources; 0.05). Each distinct chunk's KV cache is computed once and reused by every pair
+    that retrieved it. Resumable: a rerun continues with the pairs not yet scored."""
+
+    index: str = "runs/quickstart/index"
+    """Dense index (written by `radit index`) to retrieve the top-k chunks from; R-ft trains against
+    its stored document vectors."""
+    query_encoder: str | None = None
+    """Retrieve with this query tower instead of the index's own."""
+    model: str = "smollm2-135m-instruct"
+    """The frozen LM that scores the chunks (the paper: the *base* LM, not the LM-ft one)."""
+    output: str = "runs/lsr-data"
+    """Directory: pairs.jsonl (pairs and their top-k), scores.jsonl (LM scores), manifest.json."""
+    pairs: int = 2000
+    """Training pairs in total (corpus + task)."""
+    corpus_fraction: float = 0.95
+    """Share of corpus pairs (the paper: 0.95 corpus, 0.05 task pairs)."""
+    sources: list[str] = dataclasses.field(default_factory=lambda: ["quickstart:squad-open/train"])
+    """Task-pair sources: open-domain QA sources of radit.data.instructions.SOURCES (e.g.
+    quickstart:squad-open/train, nq-open/dev, entityquestions/train) or jsonl:PATH; never an evaluated split."""
+    corpus_tokens: int = 50
+    """Corpus pairs: x = the first N tokens of a chunk, y = the last N (the paper: 50). A chunk with
+    fewer than 2N tokens is split in half; one under 16 tokens is not used."""
+    exclude_source_chunk: bool = True
+    """Corpus pairs: leave the chunk x was cut from out of its top-k (it holds y verbatim, so the LM
+    would always pick it and the pair would teach nothing). The paper does not say."""
+    k: int = 10
+    """Chunks retrieved and scored per pair (the paper: 10)."""
+    template: str = "qa"
+    """Prompt template of task pairs (`Background: {chunk}\\n\\nQuestion: {x}\\nAnswer: y`); corpus
+    pairs are `Background: {chunk}\\n\\n{x} y`."""
+    part_size: int = 128
+    """Pairs scored per part: a part's chunks are prefilled once; a killed run resumes after the
+    last finished part."""
+    naive: bool = False
+    """Score every (pair, chunk) with its own forward (no prefix reuse): the reference path."""
+    data_dir: str | None = None
+    """Folder of the public data sets (for sources outside the bundled data, and the leakage check);
+    default $RADIT_DATA, else ../shared/data."""
+    on_error: Literal["error", "skip"] = "error"
+    """A bad record in a source: `error` stops with file, line and field; `skip` drops and counts it."""
+    seed: int = 0
+    """Seed of the chunk and question sampling."""
+    device: str = "auto"
+    """Torch device for the LM and the query encoder."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """LM compute precision; auto: bf16 autocast on a CUDA GPU or a CPU with AMX-BF16, else float32."""
+    overwrite: bool = False
+    """Start over even if --output holds a cache made with the same settings (else it resumes)."""
+
+    def __post_init__(self) -> None:
+        for name in ("pairs", "corpus_tokens", "k", "part_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.corpus_fraction <= 1:
+            raise ValueError(f"--corpus-fraction must be in [0, 1], got {self.corpus_fraction}")
+        if self.corpus_fraction < 1 and not self.sources:
+            raise ValueError("--sources: give at least one task-pair source, or --corpus-fraction 1")
+
+
+@dataclasses.dataclass
+class TrainRetrieverConfig:
+    """`radit train-retriever`: fine-tune the query tower on LSR targets (RA-DIT Eq. 4-5). The document
+    tower and the index stay frozen, so the index is never rebuilt.
+
+    loss = KL(p_R(c | x) ‖ p_LSR(c | x, y)) over each pair's k cached chunks, with
+    p_R = softmax(E_q(x) · E_d(c) / T) (E_d(c) read from the index) and p_LSR = softmax(score / τ)."""
+
+    data: str = "runs/lsr-data"
+    """Cache directory written by `radit build-lsr-data`."""
+    index: str | None = None
+    """The index the cache was built against (default: the one its manifest names); its document
+    vectors are read, never written."""
+    query_encoder: str | None = None
+    """Query tower to start from (default: the index's own query encoder)."""
+    output: str = "runs/r-ft"
+    """Run directory: checkpoints/, metrics.jsonl, curve.png, and model/ (the query encoder)."""
+    use: Literal["all", "corpus", "task"] = "all"
+    """Which cached pairs to train on (the dev pairs are the same in every case): all of them, or one
+    kind only, to measure what each kind brings."""
+    task_target: Literal["prob", "logprob", "mean-logprob"] = "mean-logprob"
+    """p_LSR of task pairs: prob = softmax(p_LM(y | c ∘ x) / τ), the paper's Eq. 4 (uniform when p is
+    tiny under every chunk, as for a small LM: see docs/paper-fidelity.md); logprob = softmax(log
+    p_LM(y | c ∘ x) / τ); mean-logprob = softmax(per-token mean log p / τ), the best on SQuAD-open dev."""
+    task_tau: float = 0.1
+    """τ of the task pairs' p_LSR (the paper: 0.01, with the prob form)."""
+    corpus_target: Literal["prob", "logprob", "mean-logprob"] = "logprob"
+    """p_LSR of corpus pairs (50-token continuations, whose probability underflows to ~e^-100)."""
+    corpus_tau: float = 3.0
+    """τ of the corpus pairs' p_LSR."""
+    kl_direction: Literal["retriever-lsr", "lsr-retriever"] = "retriever-lsr"
+    """retriever-lsr: KL(p_R ‖ p_LSR), Eq. 5 as printed; lsr-retriever: KL(p_LSR ‖ p_R), what Atlas
+    and torch's kl_div(log p_R, p_LSR) compute."""
+    retrieval_temperature: float | None = None
+    """T of p_R; default: the index's (MiniLM 0.05, DRAGON+ 1)."""
+    batch_size: int = 32
+    """Pairs per optimizer step (the paper: 32 per GPU)."""
+    steps: int = 0
+    """Optimizer steps; 0: one epoch over the pairs (the paper: one epoch)."""
+    lr: float = 1e-5
+    """Peak learning rate (the paper: 1e-5), linear warm-up then linear decay to 0."""
+    warmup_steps: int = 0
+    """Linear warm-up steps (the paper: 1,237, DRAGON's default)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (matrices only)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: no clipping)."""
+    dev_pairs: int = 100
+    """Pairs held out of the cache for the dev MRR of the LM-preferred chunk."""
+    eval_every: int = 50
+    """Steps between evaluations; the best checkpoint (answer-hit@1, then MRR) is kept."""
+    eval_questions: int = 500
+    """Questions of the bundled SQuAD-open dev split searched at each evaluation (0: MRR only)."""
+    eval_ks: list[int] = dataclasses.field(default_factory=lambda: [1, 5, 10, 20])
+    """answer-hit@k cut-offs of the evaluation."""
+    checkpoint_every: int = 50
+    """Steps between resumable checkpoints."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Encoder compute precision (autocast); weights stay float32."""
+    device: str = "auto"
+    """Torch device of the query encoder."""
+    seed: int = 0
+    """Seed of the dev split and the data order."""
+    overwrite: bool = False
+    """Start over even if --output holds a run with the same settings (else it resumes)."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("steps", "warmup_steps", "dev_pairs", "eval_questions"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("task_tau", "corpus_tau", "lr"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+        t = self.retrieval_temperature
+        if t is not None and not (t > 0 and math.isfinite(t)):
+            raise ValueError(f"--retrieval-temperature must be a finite number > 0, got {t}")
+        if not self.eval_ks or any(k < 1 for k in self.eval_ks):
+            raise ValueError(f"--eval-ks must be integers >= 1, got {self.eval_ks}")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ValueError("--grad-clip and --weight-decay must be >= 0")

@@ -75,3 +75,30 @@ def recall_at_k(retrieved: Sequence[set[str]], positives: set[str], ks: Sequence
 
 def reciprocal_rank(retrieved: Sequence[set[str]], positives: set[str]) -> float:
     return next((1.0 / (i + 1) for i, ids in enumerate(retrieved) if ids & positives), 0.0)
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> dict[str, float]:
+    """The mean of b - a over the same questions and its percentile bootstrap interval.
+
+    Args:
+        a, b: one score per question (e.g. answer-hit@1 as 0/1) of two systems, in the same question order.
+        resamples: bootstrap samples of the questions (drawn with replacement, the same draw for both).
+        seed: the draws' seed (fixed: a report reproduces its own interval).
+        level: the interval's coverage.
+
+    Returns:
+        {"diff": mean(b - a), "low": ..., "high": ..., "significant": 0 is outside [low, high]}; in the
+        scores' own units (x 100 for percentages is the caller's).
+    """
+    import numpy as np
+
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or not len(x):
+        raise ValueError(f"paired_bootstrap needs two equal-length, non-empty score lists, got {x.shape} and {y.shape}")
+    d = y - x
+    draws = np.random.default_rng(seed).integers(0, len(d), size=(resamples, len(d)))
+    means = d[draws].mean(axis=1)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return {"diff": float(d.mean()), "low": float(low), "high": float(high), "significant": bool(low > 0 or high < 0)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from radit.corpus import PassageStore
@@ -86,8 +87,12 @@ class BM25Searcher:
             problem = f"holds {n_docs} passages, the manifest says {self.count}"
             raise IndexMismatchError(f"{bm25_dir}: {problem}; {rebuild_hint(self.index_dir)}")
 
-    def search(self, queries: list[str], k: int) -> list[list[Hit]]:
-        k = clip_k(k, self.count)
+    def search_rows(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """queries -> (scores [Q, k], rows [Q, k]), best first, without reading passage texts."""
         tokens = self.tokenizer.tokenize(queries, update_vocab=False, return_as="ids", show_progress=False)
-        rows, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=0)
+        rows, scores = self.retriever.retrieve(tokens, k=clip_k(k, self.count), show_progress=False, n_threads=0)
+        return scores, rows
+
+    def search(self, queries: list[str], k: int) -> list[list[Hit]]:
+        scores, rows = self.search_rows(queries, k)
         return [hits_from_rows(self.store, r, sc) for r, sc in zip(rows, scores)]

@@ -11,6 +11,9 @@ Layout of an index directory:
     passage_offsets.npy   byte offset of each passage line, for random access at search time
     faiss.index           (dense) or bm25/ (bm25)
 
+A hybrid index (`--backend hybrid`) holds only the marker, config.yaml and a manifest naming the dense
+and BM25 indexes it fuses (radit.retriever.hybrid).
+
 Nothing in an existing --output is touched before every check has passed: the passages are read, the
 encoder is loaded, and the directory's previous build is compared with this one. Another build there
 (other passages, encoder, shard layout, dtype or backend) is replaced only with --overwrite, and a
@@ -39,6 +42,7 @@ from radit.config_io import save_yaml
 from radit.corpus import PassageStore
 from radit.retriever.bm25 import BM25_DIR, build_bm25
 from radit.retriever.encoder import DualEncoder, Encoder, passage_input, resolve_encoder_spec
+from radit.retriever.hybrid import hybrid_manifest, hybrid_state
 from radit.retriever.manifest import FAISS_FILE, FORMAT_VERSION, MANIFEST, OFFSETS_FILE, IndexMismatchError, passages_record
 from radit.retriever.shards import EMBEDDINGS_DIR, STATE_FILE, ShardedVectors, shard_done, shard_rows, write_shard
 from radit.runtime import resolve_device, resolve_dtype
@@ -122,6 +126,8 @@ def _build_state(out: Path) -> dict[str, Any] | None:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         if manifest["backend"] == "bm25":
             return {"backend": "bm25", "passages_sha256": manifest["passages"]["sha256"]}
+        if manifest["backend"] == "hybrid":
+            return hybrid_state(manifest)
     except FileNotFoundError:
         pass
     except (ValueError, KeyError, TypeError) as e:
@@ -170,7 +176,7 @@ def check_output_dir(out: Path, state: dict[str, Any], overwrite: bool) -> list[
         )
     old = _build_state(out)
     if old is not None and old != state:
-        what = "embeddings" if old["backend"] == "dense" else "a bm25 index"
+        what = "embeddings" if old["backend"] == "dense" else f"a {old['backend']} index"
         if not overwrite:
             raise IndexMismatchError(
                 f"{out} holds {what} of another build (differs in: {_describe_change(old, state)}); nothing was "
@@ -181,12 +187,42 @@ def check_output_dir(out: Path, state: dict[str, Any], overwrite: bool) -> list[
     return [out / BM25_DIR] if state["backend"] == "bm25" else []  # bm25/ is rebuilt whole
 
 
+def _clear_output(out: Path, stale: list[Path]) -> None:
+    """Make `out` a marked index directory without a manifest (it is written last) and delete `stale`."""
+    out.mkdir(parents=True, exist_ok=True)
+    mark_output_dir(out, "index")
+    (out / MANIFEST).unlink(missing_ok=True)
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def build_hybrid(cfg: IndexConfig) -> Path:
+    """`radit index --backend hybrid`: a manifest naming a dense and a BM25 index of the same passages,
+    written after both are checked (nothing is embedded or indexed)."""
+    out = Path(cfg.output)
+    manifest = hybrid_manifest(cfg.hybrid, out)
+    stale = check_output_dir(out, hybrid_state(manifest), cfg.overwrite)
+    # A dense or BM25 build replaced with --overwrite leaves nothing behind.
+    _clear_output(out, [*stale, out / EMBEDDINGS_DIR, out / FAISS_FILE, out / BM25_DIR, out / OFFSETS_FILE])
+    sides = dataclasses.replace(cfg.hybrid, dense_index=manifest["dense_index"]["absolute"], bm25_index=manifest["bm25_index"]["absolute"])
+    save_yaml(dataclasses.replace(cfg, passages=manifest["passages"]["path"], output=str(out.resolve()), hybrid=sides), out / "config.yaml")
+    atomic_write_json(out / MANIFEST, manifest)
+    log.info("hybrid index (%s fusion of %s and %s) written to %s", cfg.hybrid.fusion, cfg.hybrid.dense_index, cfg.hybrid.bm25_index, out)
+    return out
+
+
 def build_index(cfg: IndexConfig) -> Path:
-    """The `radit index` stage: passages -> embeddings shards -> FAISS index (or BM25) + manifest.
+    """The `radit index` stage: passages -> embeddings shards -> FAISS index (or BM25) + manifest; or
+    the manifest of a hybrid index over two built ones.
 
     Everything that can fail on bad input (the passages, the encoder, the output directory) is checked
     before the first write to `cfg.output`.
     """
+    if cfg.backend == "hybrid":
+        return build_hybrid(cfg)
     out = Path(cfg.output)
     passages = Path(cfg.passages)
     if not passages.is_file():
@@ -228,14 +264,7 @@ def build_index(cfg: IndexConfig) -> Path:
     stale = check_output_dir(out, state, cfg.overwrite)
 
     # Every check passed: from here on `out` is changed.
-    out.mkdir(parents=True, exist_ok=True)
-    mark_output_dir(out, "index")
-    (out / MANIFEST).unlink(missing_ok=True)
-    for path in stale:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
+    _clear_output(out, stale)
     # Absolute paths: `radit index --config DIR/config.yaml` (the repair command errors suggest) works from anywhere.
     save_yaml(dataclasses.replace(cfg, passages=str(Path(passages).resolve()), output=str(out.resolve())), out / "config.yaml")
     with atomic_open(out / OFFSETS_FILE, "wb") as f:

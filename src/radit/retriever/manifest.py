@@ -135,6 +135,9 @@ def load_manifest(index_dir: str | Path) -> dict[str, Any]:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise IndexMismatchError(f"{path}: index format {manifest.get('format_version')} is not {FORMAT_VERSION}; rebuild the index")
     _check_keys(path, manifest, _REQUIRED["any"], "", index_dir)
+    if manifest["backend"] == "hybrid":  # its manifest is read by radit.retriever.hybrid
+        raise IndexMismatchError(f"{index_dir} is a hybrid index (a fusion of two others), not a dense or BM25 one; "
+                                 "open it with radit.retriever.search.load_searcher")
     if manifest["backend"] not in ("dense", "bm25"):
         raise IndexMismatchError(f"{path}: unknown backend {manifest['backend']!r}; {rebuild_hint(index_dir)}")
     _check_keys(path, manifest, _REQUIRED[manifest["backend"]], "", index_dir)

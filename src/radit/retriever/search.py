@@ -1,4 +1,4 @@
-"""Top-k search over a dense (FAISS) or BM25 index, one interface for both, and run files.
+"""Top-k search over a dense (FAISS), BM25 or hybrid index, one interface for all, and run files.
 
     radit search --index runs/index "who founded the Ming dynasty?"
     radit search --index runs/index --queries questions.jsonl --output run.jsonl --k 10
@@ -22,14 +22,15 @@ from radit.artifacts import atomic_open, open_text
 from radit.retriever.bm25 import BM25Searcher
 from radit.retriever.encoder import Encoder, EncoderSpec
 from radit.retriever.hits import Hit, Searcher, clip_k, hits_from_rows
+from radit.retriever.hybrid import HybridSearcher, is_hybrid_index, read_hybrid_manifest
 from radit.retriever.manifest import FAISS_FILE, IndexMismatchError, encoder_spec_of, open_passages, read_manifest, rebuild_hint
 from radit.retriever.shards import EMBEDDINGS_DIR, ShardedVectors, load_shard_ids, shard_rows
 from radit.runtime import resolve_device
 
 __all__ = [
-    "BM25Searcher", "DenseSearcher", "Hit", "RunRecord", "Searcher", "format_hits", "load_searcher", "read_run",
-    "rerank_exact", "search_batched", "write_run",
-]  # Hit, Searcher and BM25Searcher live in hits.py / bm25.py; callers import them from here too
+    "BM25Searcher", "DenseSearcher", "Hit", "HybridSearcher", "RunRecord", "Searcher", "format_hits", "load_searcher",
+    "read_run", "rerank_exact", "search_batched", "write_run",
+]  # Hit, Searcher, BM25Searcher and HybridSearcher live in hits.py / bm25.py / hybrid.py; callers import them from here too
 
 
 def rerank_exact(q: np.ndarray, rows: np.ndarray, vectors, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -176,20 +177,25 @@ def load_searcher(
     verify: bool = False,
     **kwargs: Any,
 ) -> Searcher:
-    """Open a dense or BM25 index by what its manifest says (read and checked once).
+    """Open a dense, BM25 or hybrid index by what its manifest says (read and checked once).
 
     Args:
         index_dir: Directory written by `radit index`.
-        query_encoder: Another query tower for a dense index (e.g. one fine-tuned by R-ft).
+        query_encoder: Another query tower for a dense index, or the dense side of a hybrid one (e.g.
+            one fine-tuned by R-ft).
         device: Torch device of the query encoder.
         passages: The passages file, if not at the path the manifest records.
         verify: Check the full sha256 of the passages file even when its size and mtime are unchanged.
-        **kwargs: Passed to the searcher (e.g. `batch_size` of a dense one).
+        **kwargs: Passed to the (dense) searcher (e.g. `batch_size`).
     """
+    if is_hybrid_index(index_dir):
+        manifest, dense_dir, bm25_dir = read_hybrid_manifest(index_dir)
+        dense = DenseSearcher(dense_dir, query_encoder=query_encoder, device=device, passages=passages, verify=verify, **kwargs)
+        return HybridSearcher(index_dir, manifest, dense, BM25Searcher(bm25_dir, passages=passages, verify=verify))
     checked = read_manifest(index_dir, passages, verify=verify)
     if checked[0]["backend"] == "bm25":
         if query_encoder:
-            raise ValueError("--query-encoder applies to dense indexes only; this index is bm25")
+            raise ValueError(f"--query-encoder applies to dense and hybrid indexes only; {index_dir} is bm25")
         return BM25Searcher(index_dir, checked=checked, **kwargs)
     return DenseSearcher(index_dir, query_encoder=query_encoder, device=device, checked=checked, **kwargs)
 
