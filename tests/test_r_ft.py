@@ -129,7 +129,7 @@ def lsr_config(tmp_path, tiny_index, tiny_lm_dir, qa_source, **overrides) -> LSR
 
 
 def r_ft_config(tmp_path, data, name="r-ft", **overrides) -> TrainRetrieverConfig:
-    base = dict(data=str(data), output=str(tmp_path / name), batch_size=4, steps=4, lr=1e-3, dev_pairs=2,
+    base = dict(data=[str(d) for d in data] if isinstance(data, list) else [str(data)], output=str(tmp_path / name), batch_size=4, steps=4, lr=1e-3, dev_pairs=2,
                 eval_every=2, eval_questions=0, checkpoint_every=2, device="cpu", dtype="float32")
     return TrainRetrieverConfig(**{**base, **overrides})
 
@@ -330,3 +330,22 @@ def test_resume_after_sigkill_continues_the_same_trajectory(tmp_path, tiny_index
     assert resumed["best"] == reference["best"]
     with pytest.raises(ValueError, match="--overwrite"):
         train_retriever(dataclasses.replace(killed, lr=5e-3))
+
+
+def test_two_caches_train_together_and_must_share_lm_and_index(tmp_path, tiny_index, tiny_lm_dir, qa_source):
+    from radit.train.lsr_data import merge_caches, read_cache
+    from radit.train.r_ft import train_retriever
+
+    one = lsr_config(tmp_path, tiny_index, tiny_lm_dir, qa_source)
+    two = dataclasses.replace(one, output=str(tmp_path / "lsr2"), seed=1, pairs=6, corpus_fraction=0.0, k=3)
+    build_lsr_data_quiet(one)
+    build_lsr_data_quiet(two)
+    merged = merge_caches([read_cache(one.output), read_cache(two.output)], [one.output, two.output])
+    assert len(merged.ids) == 18 and merged.rows.shape == (18, 4)
+    assert (merged.rows[12:, 3] == -1).all() and np.isneginf(merged.logprob[12:, 3]).all()  # k=3 padded to 4
+    summary = train_retriever(r_ft_config(tmp_path, [one.output, two.output], dev_pairs=0))
+    assert summary["pairs"] == 18
+    foreign = read_cache(two.output)
+    foreign.manifest = {**foreign.manifest, "lm": {"spec": "other", "fingerprint": "0"}}
+    with pytest.raises(ValueError, match="another lm"):
+        merge_caches([read_cache(one.output), foreign], [one.output, two.output])

@@ -660,8 +660,9 @@ class TrainRetrieverConfig:
     loss = KL(p_R(c | x) ‖ p_LSR(c | x, y)) over each pair's k cached chunks, with
     p_R = softmax(E_q(x) · E_d(c) / T) (E_d(c) read from the index) and p_LSR = softmax(score / τ)."""
 
-    data: str = "runs/lsr-data"
-    """Cache directory written by `radit build-lsr-data`."""
+    data: list[str] = dataclasses.field(default_factory=lambda: ["runs/lsr-data"])
+    """Cache directories written by `radit build-lsr-data` (one or more, scored by the same LM
+    against the same index; their pairs are trained on together)."""
     index: str | None = None
     """The index the cache was built against (default: the one its manifest names); its document
     vectors are read, never written."""
@@ -719,6 +720,8 @@ class TrainRetrieverConfig:
     """Start over even if --output holds a run with the same settings (else it resumes)."""
 
     def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("--data: give at least one LSR cache directory (written by `radit build-lsr-data`)")
         for name in ("batch_size", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

@@ -447,3 +447,29 @@ def read_cache(path: str | Path) -> LSRCache:
     return LSRCache(manifest, [p["id"] for p in pairs], np.array([p["kind"] for p in pairs]),
                     [p["query"] for p in pairs], rows, logprob, np.array([s["tokens"] for s in scores], dtype=np.int64),
                     [p["target"] for p in pairs])
+
+
+def merge_caches(caches: list[LSRCache], names: list[str]) -> LSRCache:
+    """Several caches as one (pairs concatenated, k padded to the largest); they must have been scored
+    by the same LM against the same index (each is still checked against the index by the caller).
+
+    Raises:
+        ValueError: caches of different LMs or indexes, naming the two.
+    """
+    first = caches[0].manifest
+    for cache, name in zip(caches[1:], names[1:]):
+        for key in ("lm", "index"):
+            if cache.manifest[key] != first[key]:
+                raise ValueError(f"--data {name} was scored with another {key} than {names[0]} "
+                                 f"({cache.manifest[key]} vs {first[key]}); train on caches of one LM and one index")
+    if len(caches) == 1:
+        return caches[0]
+    k = max(c.rows.shape[1] for c in caches)
+
+    def pad(a: np.ndarray, value) -> np.ndarray:
+        return np.pad(a, ((0, 0), (0, k - a.shape[1])), constant_values=value)
+
+    return LSRCache(first, [i for c in caches for i in c.ids], np.concatenate([c.kinds for c in caches]),
+                    [q for c in caches for q in c.queries], np.concatenate([pad(c.rows, -1) for c in caches]),
+                    np.concatenate([pad(c.logprob, -math.inf) for c in caches]),
+                    np.concatenate([c.tokens for c in caches]), [a for c in caches for a in c.answers])

@@ -63,7 +63,7 @@ from radit.train.checkpoint import (
     truncate_metrics,
 )
 from radit.train.losses import lsr_log_targets, lsr_loss, lsr_scores
-from radit.train.lsr_data import LSRCache, index_identity, read_cache
+from radit.train.lsr_data import LSRCache, index_identity, merge_caches, read_cache
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def model_card(cfg: TrainRetrieverConfig, summary: dict[str, Any]) -> str:
         f"# {Path(cfg.output).name}: query encoder fine-tuned with LSR (RA-DIT R-ft)",
         "",
         f"Query tower `{summary['start_encoder']}` fine-tuned by `radit train-retriever` on LM-supervised retrieval "
-        f"targets (RA-DIT, Lin et al. 2023, Eq. 4-5) from `{cfg.data}` (LM `{summary['lm']}`). The document tower "
+        f"targets (RA-DIT, Lin et al. 2023, Eq. 4-5) from `{', '.join(cfg.data)}` (LM `{summary['lm']}`). The document tower "
         f"and the index `{summary['index']}` were not changed: search it with this query tower as it is.",
         "",
         f"- pairs: {summary['pairs']} ({summary['corpus_pairs']} corpus, {summary['task_pairs']} task), "
@@ -248,18 +248,19 @@ def train_retriever(cfg: TrainRetrieverConfig) -> dict[str, Any]:
     out = Path(cfg.output)
 
     # ---------------------------------------------------------------- setup: check every input first
-    cache = read_cache(cfg.data)
+    cache = merge_caches([read_cache(d) for d in cfg.data], cfg.data)
+    data = ", ".join(cfg.data)
     index_dir = cfg.index or cache.manifest["index"]["path"]
     if not Path(index_dir).is_dir():
         raise FileNotFoundError(f"--index {index_dir}: no index there (the LSR cache was made against it); pass --index")
     now, then = index_identity(index_dir), cache.manifest["index"]
     stale = [k for k in ("count", "dim", "passages_sha256", "doc_encoder_fingerprint") if now.get(k) != then.get(k)]
     if stale:
-        raise ValueError(f"--data {cfg.data}: the LSR cache was made against another index than {index_dir} "
+        raise ValueError(f"--data {data}: the LSR cache was made against another index than {index_dir} "
                          f"({', '.join(f'{k}: {then.get(k)} vs {now.get(k)}' for k in stale)}); rebuild it with "
                          f"`radit build-lsr-data --index {index_dir} --overwrite`")
     if (cache.rows >= now["count"]).any():
-        raise ValueError(f"--data {cfg.data}: chunk rows beyond the index's {now['count']} passages; rebuild the cache")
+        raise ValueError(f"--data {data}: chunk rows beyond the index's {now['count']} passages; rebuild the cache")
     action = inspect_run_dir(out, to_dict(cfg), _MARKER_NAME, RESUMABLE_FIELDS, cfg.overwrite, finished=("metrics.json", "model"))
     if action == "done":
         log.info("%s: this run has finished; returning its metrics (pass --overwrite to train again)", out)
@@ -279,7 +280,7 @@ def train_retriever(cfg: TrainRetrieverConfig) -> dict[str, Any]:
     if cfg.use != "all":
         train_idx = train_idx[cache.kinds[train_idx] == cfg.use]
     if len(train_idx) == 0:
-        raise ValueError(f"--data {cfg.data}: no training pair left (it holds {len(cache.ids)}, --use {cfg.use}); "
+        raise ValueError(f"--data {data}: no training pair left (it holds {len(cache.ids)}, --use {cfg.use}); "
                          "build more pairs")
 
     def docs(idx: np.ndarray) -> torch.Tensor:
@@ -367,7 +368,7 @@ def train_retriever(cfg: TrainRetrieverConfig) -> dict[str, Any]:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            train_loss = float(loss)
+            train_loss = float(loss.detach())
             seconds = time.perf_counter() - t0
             agree = float((scores.detach().masked_fill(~mask[idx], -math.inf).argmax(-1)
                            == log_p_lsr[idx].argmax(-1)).double().mean())
