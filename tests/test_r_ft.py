@@ -344,7 +344,9 @@ def test_two_caches_train_together_and_must_share_lm_and_index(tmp_path, tiny_in
     assert len(merged.ids) == 18 and merged.rows.shape == (18, 4)
     assert (merged.rows[12:, 3] == -1).all() and np.isneginf(merged.logprob[12:, 3]).all()  # k=3 padded to 4
     summary = train_retriever(r_ft_config(tmp_path, [one.output, two.output], dev_pairs=0))
-    assert summary["pairs"] == 18
+    assert summary["pairs"] == 18 and summary["trained_on"] == 18
+    task_only = train_retriever(r_ft_config(tmp_path, [one.output, two.output], name="task-only", dev_pairs=0, use="task"))
+    assert task_only["trained_on"] == task_only["task_pairs"] == 12  # 6 + 6: --use keeps one kind
     foreign = read_cache(two.output)
     foreign.manifest = {**foreign.manifest, "lm": {"spec": "other", "fingerprint": "0"}}
     with pytest.raises(ValueError, match="another lm"):
