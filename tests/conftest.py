@@ -151,3 +151,28 @@ def tiny_lm(tiny_lm_dir):
     from radit.lm.model import load_lm
 
     return load_lm(str(tiny_lm_dir), device="cpu")
+
+
+def kill_when_logged(script: str, config_yaml: Path, run_dir: Path, line: str = '"step": 3,', timeout: float = 120) -> None:
+    """Run `python -c script config_yaml` and SIGKILL it as soon as run_dir/metrics.jsonl holds `line`
+    (for the resume-after-kill tests); fails with the child's stderr if it ended first."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", script, str(config_yaml)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = Path(run_dir) / "metrics.jsonl"
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.is_file() and line in metrics.read_text():
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()

@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import PASSAGES
+from conftest import PASSAGES, kill_when_logged
 
 from radit.config import LoRAConfig, TrainLMConfig
 from radit.config_io import from_dict, save_yaml
@@ -277,22 +272,8 @@ def test_resume_after_sigkill_continues_the_same_trajectory(tmp_path, tiny_lm_di
     common = dict(method="lora", lr=1e-2, lora=LoRAConfig(r=4, alpha=8, dropout=0.2), steps=7, checkpoint_every=2, eval_every=3)
     killed = config(tmp_path, tiny_lm_dir, name="killed", **common)
     save_yaml(killed, tmp_path / "killed.yaml")
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(tmp_path / "killed.yaml")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run = Path(killed.output)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (run / "metrics.jsonl").is_file() and '"step": 3,' in (run / "metrics.jsonl").read_text():
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
+    kill_when_logged(_KILLED_RUN, tmp_path / "killed.yaml", run)
     assert latest_checkpoint(run).step == 2 and not (run / "model").exists()
 
     resumed = train_lm(killed)  # the same command again

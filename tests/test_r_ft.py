@@ -9,16 +9,12 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import kill_when_logged
 
 from radit.config import EncoderConfig, IndexConfig, LSRDataConfig, TrainRetrieverConfig
 from radit.config_io import save_yaml
@@ -297,22 +293,8 @@ def test_resume_after_sigkill_continues_the_same_trajectory(tmp_path, tiny_index
     common = dict(steps=7, batch_size=3, checkpoint_every=2, eval_every=3)  # more than one epoch: 18 train pairs
     killed = r_ft_config(tmp_path, data.output, name="killed", **common)
     save_yaml(killed, tmp_path / "killed.yaml")
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(tmp_path / "killed.yaml")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run = Path(killed.output)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (run / "metrics.jsonl").is_file() and '"step": 3,' in (run / "metrics.jsonl").read_text():
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
+    kill_when_logged(_KILLED_RUN, tmp_path / "killed.yaml", run)
     assert latest_checkpoint(run).step == 2 and not (run / "model").exists()
     resumed = train_retriever(killed)
     assert resumed["resumed_from"] == 2

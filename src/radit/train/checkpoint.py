@@ -13,9 +13,11 @@ as JSON. It is written into a temporary directory that is renamed into place (`r
 atomic_path`), then `latest` is replaced: a run killed at any moment leaves the previous checkpoint
 intact, and at worst a `.step-*.tmp-*` leftover that `save_checkpoint` removes next time.
 
-Nothing here knows about a particular loop; `radit.train.lm_ft` (and next the retriever loop) own
-what goes into `state`. `inspect_run_dir` and `truncate_metrics` are the rest of resuming: whether a
-rerun may continue in its directory (same config but for a few fields), and the metric lines to drop.
+Nothing here knows about a particular loop; `radit.train.lm_ft` and `radit.train.r_ft` own what goes
+into `state`. The rest is the run directory both loops share: whether a rerun may continue in it
+(`inspect_run_dir`), starting it (`start_run_dir`), the metric lines to drop on resume
+(`truncate_metrics`) and to plot (`read_metrics`), and the best evaluation's weights (`save_best`,
+`load_best`).
 """
 
 from __future__ import annotations
@@ -35,8 +37,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from radit.artifacts import OUTPUT_MARKER, atomic_path, atomic_write_text, check_output_target
-from radit.config_io import load_yaml
+from radit.artifacts import (
+    OUTPUT_MARKER,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    check_output_target,
+    mark_output_dir,
+)
+from radit.config_io import load_yaml, save_yaml
 
 log = logging.getLogger(__name__)
 
@@ -281,3 +290,49 @@ def truncate_metrics(path: str | Path, step: int) -> None:
                 kept.append(line + "\n")
     with atomic_path(path) as tmp:
         tmp.write_text("".join(kept), encoding="utf-8")
+
+
+def start_run_dir(out: str | Path, cfg: Any, marker: str, run_files: Sequence[str], overwrite: bool) -> None:
+    """Create (or, with `overwrite`, first clear the `run_files` of) the run directory, mark it as
+    `marker`'s output and save `cfg` as its config.yaml."""
+    out = Path(out)
+    if overwrite:
+        for name in run_files:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    mark_output_dir(out, marker)
+    save_yaml(cfg, out / "config.yaml")
+
+
+def read_metrics(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The `train` and the `eval` lines of a run's metrics.jsonl."""
+    lines = [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
+    return [x for x in lines if x.get("kind") == "train"], [x for x in lines if x.get("kind") == "eval"]
+
+
+BEST_DIR = "best"
+
+
+def save_best(run_dir: str | Path, weights: Mapping[str, torch.Tensor], best: Mapping[str, Any]) -> None:
+    """Keep the best evaluation's trainable weights in run_dir/best (atomically), with best.json saying which."""
+    with atomic_path(Path(run_dir) / BEST_DIR, kind="dir") as tmp:
+        tmp.mkdir()
+        save_weights(tmp / WEIGHTS_FILE, weights)
+        atomic_write_json(tmp / "best.json", dict(best))
+
+
+def load_best(run_dir: str | Path, step: int) -> dict[str, torch.Tensor]:
+    """The weights `save_best` kept, checked to be step `step`'s.
+
+    Raises:
+        ValueError: best/ holds another step (a run killed between the two writes); --overwrite helps.
+    """
+    best = Path(run_dir) / BEST_DIR
+    saved = json.loads((best / "best.json").read_text(encoding="utf-8"))
+    if saved.get("step") != step:
+        raise ValueError(f"{best} holds step {saved.get('step')}, the checkpoint says {step}; rerun with --overwrite")
+    return read_weights(best / WEIGHTS_FILE)

@@ -58,7 +58,6 @@ from radit.artifacts import (
     atomic_path,
     atomic_write_json,
     file_sha256,
-    mark_output_dir,
 )
 from radit.config import InferenceConfig, TrainLMConfig
 from radit.config_io import save_yaml, to_dict
@@ -70,15 +69,18 @@ from radit.runtime import machine_info, resolve_device, resolve_dtype
 from radit.train.checkpoint import (
     inspect_run_dir,
     latest_checkpoint,
+    load_best,
     load_trainable,
-    read_weights,
+    read_metrics,
+    save_best,
     save_checkpoint,
-    save_weights,
     set_rng_state,
+    start_run_dir,
     trainable_state,
     truncate_metrics,
 )
 from radit.train.losses import count_targets, nll_from_logprobs
+from radit.train.optim import adamw
 from radit.train.packing import collate_rows, encode_examples, plan_epoch
 
 log = logging.getLogger(__name__)
@@ -267,9 +269,7 @@ def plot_loss(metrics_path: Path, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines = [json.loads(x) for x in metrics_path.read_text(encoding="utf-8").splitlines() if x.strip()]
-    train = [x for x in lines if x.get("kind") == "train"]
-    evals = [x for x in lines if x.get("kind") == "eval"]
+    train, evals = read_metrics(metrics_path)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([x["step"] for x in train], [x["loss"] for x in train], lw=1, label="train loss")
     dev = [x for x in evals if x.get("dev_loss") is not None]
@@ -442,24 +442,12 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
                                                  target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    # Weight decay on matrices only (nanoGPT): not on norms and biases.
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr_at(1, cfg))
+    optimizer = adamw(params, lr_at(1, cfg), cfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
 
     # ---------------------------------------------------------------- the run directory (first write)
     if main:
-        if action == "overwrite":
-            for name in RUN_FILES:
-                target = out / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-        out.mkdir(parents=True, exist_ok=True)
-        mark_output_dir(out, _MARKER_NAME)
-        save_yaml(cfg, out / "config.yaml")
+        start_run_dir(out, cfg, _MARKER_NAME, RUN_FILES, overwrite=action == "overwrite")
         truncate_metrics(out / "metrics.jsonl", ckpt.step if ckpt else 0)
 
     step, epoch, index, best, total_tokens, train_loss = 0, 0, 0, None, 0, None
@@ -525,10 +513,7 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
                     log.info("step %d: dev loss %s, dev EM %s", step, result["dev_loss"], result["dev_em"])
                     if selecting and is_better(result, best):
                         best = {k: result[k] for k in ("step", "dev_em", "dev_loss")}
-                        with atomic_path(out / "best", kind="dir") as tmp:
-                            tmp.mkdir()
-                            save_weights(tmp / "trainable.safetensors", trainable_state(accelerator.unwrap_model(model)))
-                            atomic_write_json(tmp / "best.json", best)
+                        save_best(out, trainable_state(accelerator.unwrap_model(model)), best)
                 accelerator.wait_for_everyone()
             if main:
                 metrics_file.flush()
@@ -549,11 +534,7 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
     if main:
         final = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
         if selecting and best is not None and best["step"] != step:
-            saved = json.loads((out / "best" / "best.json").read_text(encoding="utf-8"))
-            if saved.get("step") != best["step"]:
-                raise ValueError(f"{out / 'best'} holds step {saved.get('step')}, the checkpoint says {best['step']}; "
-                                 "rerun with --overwrite")
-            load_trainable(final, read_weights(out / "best" / "trainable.safetensors"))
+            load_trainable(final, load_best(out, best["step"]))
         seconds = time.perf_counter() - t_start
         summary = {
             "model": str(out / "model"), "output": str(out), "method": cfg.method, "steps": cfg.steps,

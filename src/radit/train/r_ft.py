@@ -47,23 +47,26 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from radit.artifacts import atomic_path, atomic_write_json, mark_output_dir
+from radit.artifacts import atomic_path, atomic_write_json
 from radit.config import TrainRetrieverConfig
 from radit.config_io import save_yaml, to_dict
 from radit.runtime import autocast, machine_info, resolve_device, resolve_dtype
 from radit.train.checkpoint import (
     inspect_run_dir,
     latest_checkpoint,
+    load_best,
     load_trainable,
-    read_weights,
+    read_metrics,
+    save_best,
     save_checkpoint,
-    save_weights,
     set_rng_state,
+    start_run_dir,
     trainable_state,
     truncate_metrics,
 )
 from radit.train.losses import lsr_log_targets, lsr_loss, lsr_scores
 from radit.train.lsr_data import LSRCache, index_identity, merge_caches, read_cache
+from radit.train.optim import adamw
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +179,7 @@ def plot_curve(metrics_path: Path, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines = [json.loads(x) for x in metrics_path.read_text(encoding="utf-8").splitlines() if x.strip()]
-    train = [x for x in lines if x.get("kind") == "train"]
-    evals = [x for x in lines if x.get("kind") == "eval"]
+    train, evals = read_metrics(metrics_path)
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax.plot([x["step"] for x in train], [x["loss"] for x in train], lw=1, label="train KL")
     dev = [x for x in evals if x.get("dev_loss") is not None]
@@ -299,21 +300,10 @@ def train_retriever(cfg: TrainRetrieverConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)  # dropout
     encoder.train()
     params = [p for p in encoder.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr_at(1, total, cfg))
+    optimizer = adamw(params, lr_at(1, total, cfg), cfg.weight_decay)
 
     # ---------------------------------------------------------------- the run directory (first write)
-    if action == "overwrite":
-        for name in RUN_FILES:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    mark_output_dir(out, _MARKER_NAME)
-    save_yaml(cfg, out / "config.yaml")
+    start_run_dir(out, cfg, _MARKER_NAME, RUN_FILES, overwrite=action == "overwrite")
     truncate_metrics(out / "metrics.jsonl", ckpt.step if ckpt else -1)
 
     step, epoch, index, best, base, train_loss = 0, 0, 0, None, None, None
@@ -340,10 +330,7 @@ def train_retriever(cfg: TrainRetrieverConfig) -> dict[str, Any]:
             base = {k: v for k, v in result.items() if k.startswith("dev_")}
         if is_better(result, best):
             best = {k: v for k, v in result.items() if k == "step" or k.startswith("dev_")}
-            with atomic_path(out / "best", kind="dir") as tmp:
-                tmp.mkdir()
-                save_weights(tmp / "trainable.safetensors", trainable_state(encoder))
-                atomic_write_json(tmp / "best.json", best)
+            save_best(out, trainable_state(encoder), best)
 
     # ---------------------------------------------------------------- fit
     bar = tqdm(total=total, initial=step, desc="train-retriever", unit="step")
@@ -391,7 +378,7 @@ def train_retriever(cfg: TrainRetrieverConfig) -> dict[str, Any]:
 
     # ---------------------------------------------------------------- save the best evaluation's tower
     if best is not None and best["step"] != step:
-        load_trainable(encoder, read_weights(out / "best" / "trainable.safetensors"))
+        load_trainable(encoder, load_best(out, best["step"]))
     encoder.eval()
     summary = {
         "model": str(out / "model"), "output": str(out), "index": str(index_dir), "lm": cache.manifest["lm"]["spec"],
