@@ -59,22 +59,66 @@ def test_help_of_every_command(command):
                 assert f.name.replace("_", "-") in out or f.name.upper() in out
 
 
-# Each shipped preset is named for the command that reads it: configs/<command>-*.yaml.
+# Each shipped preset is named for the command that reads it: configs/<command>-*.yaml; the pipeline
+# recipes (`radit pipeline --config`) are named for what they run.
 PRESET_COMMANDS = {"index": "index", "lm-data": "build-lm-data", "lm-ft": "train-lm", "lsr-data": "build-lsr-data",
                    "r-ft": "train-retriever"}
+RECIPES = {"quickstart", "quickstart-fast", "squad-cpu", "gpu-1x", "paper-8b"}
+CONFIGS = sorted(Path(__file__).parents[1].glob("configs/*.yaml"))
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem not in RECIPES], ids=lambda p: p.name)
 def test_shipped_presets_load(path):
     from radit.config_io import load_yaml
 
     prefix = next((p for p in sorted(PRESET_COMMANDS, key=len, reverse=True) if path.name.startswith(p + "-")), None)
-    assert prefix, f"{path.name}: name it <command>-*.yaml for one of {sorted(PRESET_COMMANDS)}"
+    assert prefix, f"{path.name}: name it <command>-*.yaml for one of {sorted(PRESET_COMMANDS)}, or add it to RECIPES"
     cfg = from_dict(cli.COMMANDS[PRESET_COMMANDS[prefix]].config, load_yaml(path), where=str(path))
     if prefix == "index":
         from radit.retriever.encoder import resolve_encoder_spec
 
         assert resolve_encoder_spec(cfg.encoder).doc_model
+
+
+def test_every_recipe_is_shipped():
+    assert RECIPES <= {p.stem for p in CONFIGS}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipes_load_and_plan_every_stage(name, tmp_path):
+    """Each recipe is a valid PipelineConfig whose every stage config (and every report row's `radit
+    eval` config) validates; its encoder preset and instruction sources exist."""
+    import dataclasses
+
+    from radit.config import PipelineConfig
+    from radit.config_io import load_yaml
+    from radit.data.instructions import SOURCES
+    from radit.pipeline import plan
+    from radit.retriever.encoder import resolve_encoder_spec
+
+    path = Path(__file__).parents[1] / "configs" / f"{name}.yaml"
+    cfg = from_dict(PipelineConfig, load_yaml(path), where=str(path))
+    assert resolve_encoder_spec(cfg.index.encoder).doc_model
+    for source in [*cfg.lm_data.sources, *cfg.lsr_data.sources]:
+        assert source in SOURCES or source.startswith(("jsonl:", "hf:")), source
+    cfg = dataclasses.replace(cfg, output=str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    stages = plan(cfg, tmp_path / "run")
+    rows = [s for s in stages if s.name.startswith("eval/")]
+    assert len(rows) == len(cfg.eval.tasks) * len(cfg.eval.configurations)
+    assert {"corpus", "index", "lm-data", "train-lm", "lsr-data", "train-retriever"} <= {s.name for s in stages}
+
+
+def test_quickstart_runs_its_recipe(monkeypatch, tmp_path):
+    """`radit quickstart [--fast]` is `radit pipeline` on configs/quickstart(-fast).yaml, with its flags on top."""
+    import radit.cli
+
+    seen = []
+    monkeypatch.setattr(radit.cli, "cmd_pipeline", lambda cfg: seen.append(cfg) or 0)
+    assert cli.main(["quickstart", "--fast", "--output", str(tmp_path / "q"), "--dtype", "float32"]) == 0
+    assert seen[0].output == str(tmp_path / "q") and seen[0].dtype == "float32" and seen[0].limit_documents == 2500
+    assert cli.main(["quickstart"]) == 0
+    assert seen[1].output == "runs/quickstart" and seen[1].limit_documents is None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import yaml
 
 from radit.config import EvalConfig, InferenceConfig, ReportConfig
 from radit.eval.harness import read_predictions, run_eval, summarize
-from radit.eval.report import make_report
+from radit.eval.report import make_report, run_report
 from radit.eval.tasks import HELD_OUT, get_task, resolve_data_dir
 
 QUESTIONS = [
@@ -499,9 +499,14 @@ def test_radit_eval_and_report_commands(tmp_path, questions_file, bm25_index, ti
         assert metrics["n"] == 2 and metrics["mode"] == mode
         assert f"em {metrics['metrics']['em']:.2f}" in printed and str(out) in printed
         runs.append(str(out))
-    assert main(["report", "--runs", *runs, "--output", str(tmp_path / "report"), "-q"]) == 0
+    assert main(["report", "--runs", *runs, "--output", str(tmp_path / "report"), "--labels", "REPLUG", "closed-book",
+                 "--baseline", "REPLUG", "--resamples", "200", "-q"]) == 0
     table = capsys.readouterr().out
-    assert "| nll | replug | 2 | 0 | 2 |" in table and "| nll | closed-book | – | 0 | 2 |" in table
+    assert f"| REPLUG | {tiny_lm_dir} | {bm25_index} | replug k=2 0-shot | 2 |" in table
+    assert f"| closed-book | {tiny_lm_dir} | – | closed-book 0-shot | 2 |" in table
+    assert "ΔEM vs REPLUG [95% CI]" in table and "200 resamples, seed 0" in table
+    data = json.loads((tmp_path / "report" / "comparison.json").read_text())
+    assert data["resamples"] == 200 and data["runs"][1]["vs_baseline"]["label"] == "REPLUG"
     assert (tmp_path / "report" / "comparison.png").is_file()
     # Bad input: a clear message and exit code 2, nothing written.
     assert main(["eval", "--task", "nope", "--mode", "closed-book", "--output", str(tmp_path / "bad"), "-q"]) == 2
@@ -524,15 +529,28 @@ def test_report_writes_table_and_chart(tmp_path, questions_file, bm25_index, dat
                       FakeAnswers().fns, lm=(None, None))
     fever = run_eval(ecfg(task="fever", mode="closed-book", data_dir=str(data_dir), output=str(tmp_path / "fever")),
                      FakeAnswers(choice_answer="false").fns, lm=(None, None))
-    cfg = ReportConfig(runs=[str(tmp_path / d) for d in ("qa", "qa-cb", "fever")], output=str(tmp_path / "report"))
-    md = make_report([Path(r) for r in cfg.runs], Path(cfg.output))
-    lines = md.read_text().splitlines()
-    task = f"qa-file:{questions_file}"
-    assert lines[0] == "| task | template | scoring | mode | k | shots | n | EM | F1 / accuracy |"
-    assert lines[2] == f"| {task} | qa v1 | nll | replug | 3 | 0 | 5 | {EM:.1f} | {F1:.1f} |"
-    assert lines[3] == f"| {task} | qa v1 | nll | closed-book | – | 0 | 5 | {EM:.1f} | {F1:.1f} |"
-    assert lines[4] == f"| fever | fever v1 | nll | closed-book | – | 0 | 6 | – | {fever['metrics']['accuracy']:.1f} |"
+    cfg = ReportConfig(runs=[str(tmp_path / d) for d in ("qa", "qa-cb", "fever")], output=str(tmp_path / "report"),
+                       labels=["REPLUG", "closed-book", "closed-book"], baseline="REPLUG", resamples=200)
+    md = run_report(cfg)
     assert qa["metrics"] == closed["metrics"]
+    ci = {r["run"]: r["metrics"] for r in json.loads((tmp_path / "report" / "comparison.json").read_text())["runs"]}
+    em, f1, acc = ci[cfg.runs[0]]["em"], ci[cfg.runs[0]]["f1"], ci[cfg.runs[2]]["accuracy"]
+    assert em["low"] <= EM <= em["high"] and em["value"] == pytest.approx(EM) and acc["low"] <= acc["value"] <= acc["high"]
+    task = f"qa-file:{questions_file}"
+    tables = md.read_text().split("## ")[1:]
+    assert [t.splitlines()[0] for t in tables] == [task, "fever"]
+    lines = tables[0].splitlines()
+    assert lines[2] == ("| configuration | LM | retriever | mode/k/shots | n | EM [95% CI] | F1 [95% CI] "
+                        "| ΔEM vs REPLUG [95% CI] | ΔF1 vs REPLUG [95% CI] |")
+    cells = f"5 | {EM:.1f} [{em['low']:.1f}, {em['high']:.1f}] | {F1:.1f} [{f1['low']:.1f}, {f1['high']:.1f}]"
+    assert lines[4] == f"| REPLUG | {qa['model']} | {bm25_index} | replug k=3 0-shot | {cells} | (baseline) | (baseline) |"
+    # The same answers as the baseline: no difference, and none claimed.
+    assert lines[5] == (f"| closed-book | {qa['model']} | – | closed-book 0-shot | {cells} "
+                        "| +0.0 [+0.0, +0.0] (n.s.) | +0.0 [+0.0, +0.0] (n.s.) |")
+    fever_lines = tables[1].splitlines()
+    assert fever_lines[2] == "| configuration | LM | retriever | mode/k/shots | n | accuracy [95% CI] |"
+    assert fever_lines[4] == (f"| closed-book | {fever['model']} | – | closed-book 0-shot | 6 "
+                              f"| {fever['metrics']['accuracy']:.1f} [{acc['low']:.1f}, {acc['high']:.1f}] |")
     png = tmp_path / "report" / "comparison.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
     with pytest.raises(FileNotFoundError, match="no metrics.json"):

@@ -24,6 +24,7 @@ from radit.config import (
     LMDataConfig,
     LSRDataConfig,
     ModelsConfig,
+    PipelineConfig,
     QuickstartConfig,
     ReportConfig,
     SearchConfig,
@@ -115,7 +116,7 @@ def cmd_report(cfg: ReportConfig) -> int:
 
     md = run_report(cfg)
     print(md.read_text(encoding="utf-8"), end="")
-    print(f"-> {md} and {md.with_suffix('.png')}")
+    print(f"-> {md}, {md.with_suffix('.json')} and {md.with_suffix('.png')}")
     return 0
 
 
@@ -131,65 +132,25 @@ def cmd_models(cfg: ModelsConfig) -> int:
     return 0
 
 
-def cmd_quickstart(cfg: QuickstartConfig) -> int:
-    """bundled documents -> passages -> MiniLM index -> retrieval eval -> a sample question.
+def cmd_pipeline(cfg: PipelineConfig) -> int:
+    from radit.pipeline import REPORT, run_pipeline
 
-    Each stage writes its files under --output and is skipped when they are already complete, so an
-    interrupted quickstart continues where it stopped.
-    """
-    import gzip
-    import itertools
-
-    from radit.artifacts import atomic_open, atomic_write_json
-    from radit.config_io import save_yaml
-    from radit.corpus import build_passages
-    from radit.data.qa import quickstart_documents
-    from radit.eval.retrieval import evaluate_retrieval
-    from radit.retriever.index import build_index
-    from radit.retriever.manifest import MANIFEST
-    from radit.retriever.search import format_hits, load_searcher
-
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, out / "config.yaml")
-
-    documents = quickstart_documents()
-    if cfg.limit is not None:
-        subset = out / f"documents.first{cfg.limit}.jsonl"
-        if not subset.is_file():
-            with gzip.open(documents, "rt", encoding="utf-8") as f, atomic_open(subset) as g:
-                g.writelines(itertools.islice(f, cfg.limit))
-        documents = subset
-
-    passages = out / "passages.jsonl"
-    if passages.is_file():
-        log.info("[1/4] passages: reusing %s", passages)
-    else:
-        log.info("[1/4] passages: chunking the bundled corpus")
-        stats = build_passages(CorpusConfig(inputs=[str(documents)], output=str(passages)))
-        log.info("%d documents -> %d passages", stats.documents, stats.passages)
-
-    index_dir = out / "index"
-    if (index_dir / MANIFEST).is_file():
-        log.info("[2/4] index: reusing %s", index_dir)
-    else:
-        log.info("[2/4] index: embedding passages with all-MiniLM-L6-v2")
-        build_index(IndexConfig(passages=str(passages), output=str(index_dir), device=cfg.device, dtype=cfg.dtype))
-
-    log.info("[3/4] retrieval eval on the bundled SQuAD-open test questions")
-    report = evaluate_retrieval(EvalRetrievalConfig(index=str(index_dir), questions="quickstart:squad-open/test",
-                                                    output=str(out / "eval-retrieval"), device=cfg.device))
-    print(f"\nanswer-hit@k on {report['n']} SQuAD-open test questions (MiniLM, exact search):")
-    print("  " + "  ".join(f"{k}={v:.1f}" for k, v in report["metrics"].items() if k.startswith("answer_hit")))
-
-    log.info("[4/4] a sample question")
-    searcher = load_searcher(index_dir, device=cfg.device)
-    hits = searcher.search([cfg.query], 3)[0]
-    print("\n" + format_hits(cfg.query, hits))
-    summary = {"passages": str(passages), "index": str(index_dir), "retrieval": report["metrics"]}
-    atomic_write_json(out / "summary.json", summary)
-    print(f"\nall outputs in {out}/ (summary.json, eval-retrieval/metrics.json)")
+    run_pipeline(cfg)
+    report = Path(cfg.output) / f"{REPORT}.md"
+    print(report.read_text(encoding="utf-8"), end="")
+    print(f"-> {report}, {report.with_suffix('.png')}; every stage's files in {cfg.output}/")
     return 0
+
+
+def cmd_quickstart(cfg: QuickstartConfig) -> int:
+    """The recipe configs/quickstart.yaml (configs/quickstart-fast.yaml with --fast) through `radit pipeline`."""
+    from radit.config_io import from_dict, load_yaml
+    from radit.pipeline import recipe_path
+
+    path = recipe_path("quickstart-fast" if cfg.fast else "quickstart")
+    recipe = load_yaml(path)
+    recipe.update({"device": cfg.device, "dtype": cfg.dtype, **({"output": cfg.output} if cfg.output else {})})
+    return cmd_pipeline(from_dict(PipelineConfig, recipe, where=str(path)))
 
 
 def cmd_ask(cfg: AskConfig) -> int:
@@ -289,7 +250,8 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "quickstart": Command(cmd_quickstart, QuickstartConfig, "end to end on the bundled data, offline"),
+    "quickstart": Command(cmd_quickstart, QuickstartConfig, "the main job: RA-DIT end to end on the bundled data, offline"),
+    "pipeline": Command(cmd_pipeline, PipelineConfig, "a recipe end to end: index, LM-ft, R-ft, the five-row report"),
     "corpus": Command(cmd_corpus, CorpusConfig, "split documents into passages of <= N words"),
     "index": Command(cmd_index, IndexConfig, "embed passages and build a FAISS (or BM25) index"),
     "search": Command(cmd_search, SearchConfig, "top-k passages for questions", positional="query"),

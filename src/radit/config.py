@@ -257,22 +257,6 @@ class ModelsConfig:
     """Model specs to resolve (positional); converts packaged GGUF models once."""
 
 
-@dataclasses.dataclass
-class QuickstartConfig:
-    """`radit quickstart`: bundled corpus -> passages -> MiniLM index -> retrieval eval -> a sample query."""
-
-    output: str = "runs/quickstart"
-    """Run directory (each stage resumes from its files there)."""
-    query: str = "Which NFL team represented the AFC at Super Bowl 50?"
-    """The sample question answered at the end."""
-    limit: int | None = None
-    """Use only the first N documents of the bundled corpus (a faster smoke run)."""
-    device: str = "auto"
-    """Torch device for the encoder."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Encoder compute dtype; auto: bfloat16 where the machine runs it fast (AMX-BF16 CPU, CUDA), else float32."""
-
-
 INFERENCE_MODES = ("replug", "top1", "concat", "closed-book")
 SCORING_METHODS = ("nll", "nll_token", "nll_char", "nll_comp")
 
@@ -418,16 +402,30 @@ class EvalConfig:
 
 @dataclasses.dataclass
 class ReportConfig:
-    """`radit report`: compare finished `radit eval` runs in one table and one chart."""
+    """`radit report`: compare finished `radit eval` runs: tables with bootstrap intervals, and a chart."""
 
     runs: list[str] = dataclasses.field(default_factory=list)
-    """Run directories written by `radit eval` (each holds metrics.json)."""
+    """Run directories written by `radit eval` (each holds metrics.json and predictions.jsonl)."""
     output: str = "runs/eval/report"
-    """Directory for comparison.md and comparison.png."""
+    """Directory for comparison.md, comparison.json and comparison.png."""
+    labels: list[str] = dataclasses.field(default_factory=list)
+    """Configuration name of each run, in --runs order (empty: family and settings, e.g. `RA-DIT replug
+    k=3 0-shot`); unique within a task."""
+    baseline: str | None = None
+    """Label of the baseline: in each task, every run's EM/F1 difference from the run with this label,
+    a paired bootstrap over the same questions (none: no difference columns)."""
+    resamples: int = 2000
+    """Bootstrap resamples of the questions behind every interval."""
+    seed: int = 0
+    """Seed of the bootstrap draws (fixed: a report reproduces its own intervals)."""
 
     def __post_init__(self) -> None:
         if not self.runs:
             raise ValueError("--runs: give at least one `radit eval` run directory")
+        if self.labels and len(self.labels) != len(self.runs):
+            raise ValueError(f"--labels: {len(self.labels)} given for {len(self.runs)} --runs; give one per run, in order")
+        if self.resamples < 100:
+            raise ValueError(f"--resamples must be >= 100 for a 95% interval's tails, got {self.resamples}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -739,3 +737,130 @@ class TrainRetrieverConfig:
             raise ValueError(f"--eval-ks must be integers >= 1, got {self.eval_ks}")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ValueError("--grad-clip and --weight-decay must be >= 0")
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole method in one run (the paper's Table 6): `radit pipeline` and `radit quickstart`
+# --------------------------------------------------------------------------------------------------
+
+CONFIGURATIONS = ("closed-book", "replug", "lm-ft", "r-ft", "ra-dit")
+
+
+@dataclasses.dataclass
+class PipelineEvalConfig:
+    """The pipeline's last stage: the paper's Table 6 rows, each configuration answering the same test
+    questions that no stage trained on."""
+
+    tasks: list[str] = dataclasses.field(default_factory=lambda: ["squad-open"])
+    """Tasks of `radit eval` (squad-open is bundled; nq-open, triviaqa, ... read --data-dir)."""
+    limit: int | None = 200
+    """Questions per task: the first N of its test split (unset: all)."""
+    configurations: list[Literal["closed-book", "replug", "lm-ft", "r-ft", "ra-dit"]] = dataclasses.field(
+        default_factory=lambda: list(CONFIGURATIONS))
+    """Rows of the report: closed-book (base LM, no retrieval), replug (base LM + base retriever, Eq. 2),
+    lm-ft (fine-tuned LM + base retriever), r-ft (base LM + fine-tuned query tower), ra-dit (both)."""
+    shots: int = 5
+    """Demonstrations for the base-LM rows (closed-book, replug, r-ft); the paper's Table 6 is 5-shot."""
+    ft_shots: int = 0
+    """Demonstrations for the fine-tuned-LM rows (lm-ft, ra-dit), which were trained on 0-shot prompts."""
+    inference: InferenceConfig = flat(InferenceConfig)
+    """How every row answers (mode replug for the retrieval rows; k, scoring, ...)."""
+    data_dir: str | None = None
+    """Folder of the public evaluation sets; default $RADIT_DATA, else ../shared/data."""
+    resamples: int = 2000
+    """Bootstrap resamples of the report's intervals."""
+    seed: int = 0
+    """Seed of the bootstrap draws."""
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ValueError("--eval.tasks: give at least one task")
+        if not self.configurations or len(set(self.configurations)) != len(self.configurations):
+            raise ValueError(f"--eval.configurations: give each of {', '.join(CONFIGURATIONS)} at most once")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--eval.limit must be >= 1 (or unset for all questions), got {self.limit}")
+        if self.shots < 0 or self.ft_shots < 0:
+            raise ValueError("--eval.shots and --eval.ft-shots must be >= 0")
+        if self.resamples < 100:
+            raise ValueError(f"--eval.resamples must be >= 100, got {self.resamples}")
+        if self.inference.mode == "closed-book":
+            raise ValueError("--eval.mode closed-book: the closed-book row is its own configuration; "
+                             "give the retrieval rows' mode (replug, top1, concat)")
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """`radit pipeline`: the whole of RA-DIT in one run directory. corpus -> index -> base evaluation ->
+    LM-ft (RA-IT) -> LSR targets from the *base* LM -> R-ft -> evaluation of the five configurations ->
+    report.md + report.png.
+
+    Each stage group below is the config of the command of the same name; the pipeline fills in the
+    paths between stages (outputs, inputs, the LM, the index), so a recipe sets only what a stage
+    does. A stage is skipped when the run directory holds its finished outputs made with the same
+    settings (and the same upstream stages); a stage whose settings changed runs again, with
+    everything downstream of it; a killed stage continues where it stopped."""
+
+    output: str = "runs/radit"
+    """Run directory: one folder per stage, pipeline.json (each stage's settings key, state and
+    time), report.md / report.png / report.json."""
+    documents: list[str] = dataclasses.field(default_factory=list)
+    """Document files for `radit corpus` (empty: the bundled quickstart corpus)."""
+    limit_documents: int | None = None
+    """Use only the first N documents (a smaller, faster corpus)."""
+    lm: str = "smollm2-135m-instruct"
+    """The LM every stage uses: fine-tuned by LM-ft, frozen scorer of LSR, base rows of the report."""
+    device: str = "auto"
+    """Torch device of every stage."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Compute precision of every stage; auto: bf16 autocast on a CUDA GPU or a CPU with AMX-BF16, else float32."""
+    corpus: CorpusConfig = dataclasses.field(default_factory=CorpusConfig)
+    """`radit corpus` settings (chunk length, bad records)."""
+    index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
+    """`radit index` settings (encoder, index type, ...)."""
+    lm_data: LMDataConfig = dataclasses.field(default_factory=LMDataConfig)
+    """`radit build-lm-data` settings (sources, cap, k', ...)."""
+    train_lm: TrainLMConfig = dataclasses.field(default_factory=TrainLMConfig)
+    """`radit train-lm` settings (steps, lr, LoRA, ...)."""
+    lsr_data: LSRDataConfig = dataclasses.field(default_factory=LSRDataConfig)
+    """`radit build-lsr-data` settings (pairs, mixture, k, ...)."""
+    train_retriever: TrainRetrieverConfig = dataclasses.field(default_factory=TrainRetrieverConfig)
+    """`radit train-retriever` settings (targets, tau, steps, ...)."""
+    eval: PipelineEvalConfig = dataclasses.field(default_factory=PipelineEvalConfig)
+    """The final evaluation and report."""
+
+    def __post_init__(self) -> None:
+        if self.limit_documents is not None and self.limit_documents < 1:
+            raise ValueError(f"--limit-documents must be >= 1, got {self.limit_documents}")
+        if self.index.backend != "dense":
+            raise ValueError(f"--index.backend {self.index.backend}: R-ft trains a dense query tower against the "
+                             "index's document vectors; the pipeline builds a dense index")
+        owned = {"corpus": ("inputs", "output"), "index": ("passages", "output", "overwrite"),
+                 "lm_data": ("index", "tokenizer", "output"), "train_lm": ("data", "model", "output", "eval_index", "overwrite"),
+                 "lsr_data": ("index", "model", "output", "overwrite"),
+                 "train_retriever": ("data", "index", "output", "overwrite")}
+        for group, names in owned.items():
+            stage, default = getattr(self, group), type(getattr(self, group))()
+            for name in names:
+                if getattr(stage, name) != getattr(default, name):
+                    raise ValueError(f"{group}.{name} is set by the pipeline (it connects the stages in --output); "
+                                     f"remove it from the recipe (top-level `lm`, `documents` and `output` choose what it points to)")
+            for name in ("device", "dtype"):
+                if hasattr(stage, name) and getattr(stage, name) != getattr(default, name):
+                    raise ValueError(f"{group}.{name}: the pipeline runs every stage with the top-level `{name}`; set that instead")
+
+
+@dataclasses.dataclass
+class QuickstartConfig:
+    """`radit quickstart`: the main job. RA-DIT end to end on the bundled data with the packaged models,
+    offline: the recipe configs/quickstart.yaml (or configs/quickstart-fast.yaml with --fast) run by
+    `radit pipeline`; a rerun reuses every finished stage."""
+
+    fast: bool = False
+    """The fast preset: a smaller corpus, fewer training steps and questions (shows the direction of
+    every gain, with wider intervals)."""
+    output: str | None = None
+    """Run directory (default: the recipe's, runs/quickstart or runs/quickstart-fast)."""
+    device: str = "auto"
+    """Torch device of every stage."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Compute precision of every stage; auto: bf16 autocast where it is fast (AMX-BF16 CPU, CUDA), else float32."""

@@ -102,3 +102,28 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = 20
     alpha = (1 - level) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
     return {"diff": float(d.mean()), "low": float(low), "high": float(high), "significant": bool(low > 0 or high < 0)}
+
+
+def bootstrap_interval(scores: Sequence[float], resamples: int = 2000, seed: int = 0,
+                       level: float = 0.95) -> dict[str, float]:
+    """The mean of one system's per-question scores and its percentile bootstrap interval.
+
+    Args:
+        scores: one score per question (e.g. EM as 0/1).
+        resamples: bootstrap samples of the questions, drawn with replacement.
+        seed: the draws' seed; with the same seed and question count they are `paired_bootstrap`'s draws.
+        level: the interval's coverage.
+
+    Returns:
+        {"mean": mean(scores), "low": ..., "high": ...}, in the scores' own units.
+    """
+    import numpy as np
+
+    x = np.asarray(scores, dtype=np.float64)
+    if x.ndim != 1 or not len(x):
+        raise ValueError(f"bootstrap_interval needs a non-empty list of scores, got shape {x.shape}")
+    draws = np.random.default_rng(seed).integers(0, len(x), size=(resamples, len(x)))
+    means = x[draws].mean(axis=1)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return {"mean": float(x.mean()), "low": float(low), "high": float(high)}

@@ -1,0 +1,322 @@
+"""The whole of RA-DIT in one run directory: `radit pipeline --config RECIPE` and `radit quickstart`.
+
+    corpus -> index -> base evaluation (closed-book, REPLUG) -> LM-ft data -> LM-ft -> LSR targets
+    from the *base* LM -> R-ft -> evaluation of LM-ft, R-ft and RA-DIT -> report
+
+Every stage is one of radit's commands, called with its own typed config; the pipeline only connects
+their files and keeps a ledger of what finished:
+
+    run/
+      passages.jsonl  index/  lm-data/  lm-ft/  lsr-data/  r-ft/
+      eval/{task}/{configuration}/      one `radit eval` run per row of the report
+      report.md  report.png  report.json
+      pipeline.json                     per stage: settings key, state, seconds
+      config.yaml                       the recipe as run
+
+A stage's key hashes its own settings and the keys of the stages it reads from. A rerun skips a stage
+whose key is unchanged and whose state is `done`; it reruns a stage whose key changed (the stage's own
+outputs are replaced, and so, through the keys, are those of every stage downstream); and it calls a
+stage left `started` (killed, crashed) again, which continues from its own checkpoints, parts or
+predictions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import itertools
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from radit.artifacts import OUTPUT_MARKER, atomic_open, atomic_write_json, atomic_write_text, check_output_target, mark_output_dir
+from radit.config import EvalConfig, PipelineConfig
+from radit.config_io import save_yaml, to_dict
+from radit.eval.tasks import task_slug
+
+log = logging.getLogger(__name__)
+
+LEDGER = "pipeline.json"
+RECIPES = Path(__file__).resolve().parents[2] / "configs"  # the recipes of a source checkout
+REPORT = "report"
+
+# What each configuration of the report is made of: (fine-tuned LM?, fine-tuned query tower?).
+ROWS = {"closed-book": (False, False), "replug": (False, False), "lm-ft": (True, False), "r-ft": (False, True), "ra-dit": (True, True)}
+LABELS = {"closed-book": "closed-book", "replug": "REPLUG", "lm-ft": "LM-ft", "r-ft": "R-ft", "ra-dit": "RA-DIT"}
+
+
+@dataclasses.dataclass
+class Stage:
+    """One step of the pipeline: a command's function and its config, and the stages it reads from."""
+
+    name: str
+    config: Any
+    run: Callable[[Any], Any]
+    needs: tuple[str, ...] = ()
+    outputs: tuple[Path, ...] = ()
+    """Files or folders whose presence (besides a `done` ledger entry) lets a rerun skip the stage."""
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def run_paths(out: Path) -> dict[str, Path]:
+    return {"passages": out / "passages.jsonl", "index": out / "index", "lm_data": out / "lm-data" / "train.jsonl",
+            "lm_ft": out / "lm-ft", "lsr_data": out / "lsr-data", "r_ft": out / "r-ft", "eval": out / "eval"}
+
+
+def _documents(cfg: PipelineConfig, out: Path) -> list[str]:
+    """The corpus files: the recipe's, or the bundled corpus (its first N documents with --limit-documents)."""
+    if cfg.documents and cfg.limit_documents is None:
+        return list(cfg.documents)
+    if cfg.documents:
+        raise ValueError("--limit-documents applies to the bundled corpus; cut your own --documents files instead")
+    from radit.data.qa import quickstart_documents
+
+    bundled = quickstart_documents()
+    if cfg.limit_documents is None:
+        return [str(bundled)]
+    subset = out / f"documents.first{cfg.limit_documents}.jsonl"
+    if not subset.is_file():
+        with gzip.open(bundled, "rt", encoding="utf-8") as f, atomic_open(subset) as g:
+            g.writelines(itertools.islice(f, cfg.limit_documents))
+    return [str(subset)]
+
+
+def eval_config(cfg: PipelineConfig, out: Path, task: str, row: str, overwrite: bool = False) -> EvalConfig:
+    """The `radit eval` settings of one row of the report."""
+    paths = run_paths(out)
+    ft_lm, ft_retriever = ROWS[row]
+    model = str(paths["lm_ft"] / "model") if ft_lm else cfg.lm
+    inference = cfg.eval.inference
+    if row == "closed-book":
+        inference = dataclasses.replace(inference, mode="closed-book")
+    if ft_lm:  # the template the LM was trained with, saved in its folder
+        inference = dataclasses.replace(inference, template=model)
+    inference = dataclasses.replace(inference, dtype=cfg.dtype)
+    return EvalConfig(
+        task=task, model=model, index=None if row == "closed-book" else str(paths["index"]),
+        query_encoder=str(paths["r_ft"] / "model") if ft_retriever else None, inference=inference,
+        shots=cfg.eval.ft_shots if ft_lm else cfg.eval.shots, limit=cfg.eval.limit,
+        output=str(paths["eval"] / task_slug(task) / row), data_dir=cfg.eval.data_dir, device=cfg.device, overwrite=overwrite)
+
+
+def plan(cfg: PipelineConfig, out: Path) -> list[Stage]:
+    """The stages in the order they run, each with the config its command takes."""
+    from radit.corpus import build_passages
+    from radit.eval.harness import run_eval
+    from radit.retriever.index import build_index
+    from radit.train.lm_data import build_lm_data
+    from radit.train.lm_ft import train_lm
+    from radit.train.lsr_data import build_lsr_data
+    from radit.train.r_ft import train_retriever
+
+    p = run_paths(out)
+    run = dict(device=cfg.device, dtype=cfg.dtype)
+    corpus = dataclasses.replace(cfg.corpus, inputs=_documents(cfg, out), output=str(p["passages"]))
+    index = dataclasses.replace(cfg.index, passages=str(p["passages"]), output=str(p["index"]), **run)
+    lm_data = dataclasses.replace(cfg.lm_data, index=str(p["index"]), tokenizer=cfg.lm, output=str(p["lm_data"]),
+                                  device=cfg.device)
+    train = dataclasses.replace(cfg.train_lm, data=str(p["lm_data"]), model=cfg.lm, output=str(p["lm_ft"]),
+                                eval_index=str(p["index"]), **run)
+    lsr = dataclasses.replace(cfg.lsr_data, index=str(p["index"]), model=cfg.lm, output=str(p["lsr_data"]), **run)
+    r_ft = dataclasses.replace(cfg.train_retriever, data=[str(p["lsr_data"])], index=str(p["index"]),
+                               output=str(p["r_ft"]), **run)
+
+    def evals(rows: tuple[str, ...]) -> list[Stage]:
+        needs = {"closed-book": (), "replug": ("index",), "lm-ft": ("index", "train-lm"),
+                 "r-ft": ("index", "train-retriever"), "ra-dit": ("index", "train-lm", "train-retriever")}
+        return [Stage(f"eval/{task_slug(task)}/{row}", eval_config(cfg, out, task, row), run_eval, needs[row],
+                      (p["eval"] / task_slug(task) / row / "metrics.json",))
+                for task in cfg.eval.tasks for row in rows if row in cfg.eval.configurations]
+
+    return [
+        Stage("corpus", corpus, build_passages, (), (p["passages"],)),
+        Stage("index", index, build_index, ("corpus",), (p["index"] / "manifest.json",)),
+        *evals(("closed-book", "replug")),
+        Stage("lm-data", lm_data, build_lm_data, ("index",), (p["lm_data"],)),
+        Stage("train-lm", train, train_lm, ("lm-data",), (p["lm_ft"] / "model",)),
+        Stage("lsr-data", lsr, build_lsr_data, ("index",), (p["lsr_data"] / "manifest.json",)),
+        Stage("train-retriever", r_ft, train_retriever, ("lsr-data",), (p["r_ft"] / "model",)),
+        *evals(("lm-ft", "r-ft", "ra-dit")),
+    ]
+
+
+def needed(stages: list[Stage]) -> list[Stage]:
+    """The stages the requested configurations need (closed-book and REPLUG alone train nothing)."""
+    want = {s.name for s in stages if s.name.startswith("eval/")}
+    keep: set[str] = set()
+    by_name = {s.name: s for s in stages}
+
+    def visit(name: str) -> None:
+        if name not in keep:
+            keep.add(name)
+            for dep in by_name[name].needs:
+                visit(dep)
+
+    for name in want:
+        visit(name)
+    visit("index")
+    return [s for s in stages if s.name in keep]
+
+
+def stage_key(stage: Stage, keys: dict[str, str]) -> str:
+    """A hash of the stage's settings and of the keys of the stages it reads from."""
+    settings = to_dict(stage.config)
+    settings.pop("overwrite", None)
+    blob = json.dumps({"settings": settings, "needs": {n: keys[n] for n in stage.needs}}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- running it
+
+
+def _read_ledger(out: Path) -> dict[str, Any]:
+    path = out / LEDGER
+    if not path.is_file():
+        return {"stages": {}}
+    try:
+        ledger = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(ledger.get("stages"), dict):
+            raise ValueError
+        return ledger
+    except ValueError:
+        raise ValueError(f"{path}: not a pipeline ledger radit wrote (invalid JSON or no 'stages'); delete it to "
+                         "rerun every stage, or choose another --output") from None
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s:.1f}s" if s < 60 else f"{int(s // 60)}m{int(s % 60):02d}s"
+
+
+def _start(out: Path) -> None:
+    """Make `out` the pipeline's run directory: absent, empty, or one a pipeline wrote."""
+    check_output_target(out, kind="dir")
+    if out.is_dir() and any(out.iterdir()):
+        marker = json.loads((out / OUTPUT_MARKER).read_text(encoding="utf-8") or "{}").get("output")
+        if marker != "pipeline":
+            raise ValueError(f"--output {out} holds radit's {marker!r} output, not a pipeline run; choose another --output")
+    out.mkdir(parents=True, exist_ok=True)
+    mark_output_dir(out, "pipeline")
+
+
+def run_pipeline(cfg: PipelineConfig, runners: dict[str, Callable[[Any], Any]] | None = None) -> dict[str, Any]:
+    """Run (or continue) every stage of the recipe; returns the report's numbers (report.json).
+
+    Args:
+        cfg: the recipe.
+        runners: replaces a stage's function by name (tests: e.g. an eval with an already loaded LM).
+    """
+    out = Path(cfg.output)
+    _start(out)
+    save_yaml(cfg, out / "config.yaml")
+    stages = needed(plan(cfg, out))
+    ledger = _read_ledger(out)
+    keys: dict[str, str] = {}
+    t_all = time.perf_counter()
+    for i, stage in enumerate(stages, 1):
+        key = keys[stage.name] = stage_key(stage, keys)
+        entry = ledger["stages"].get(stage.name)
+        head = f"[{i}/{len(stages)}] {stage.name}"
+        if entry and entry.get("key") == key and entry.get("state") == "done" and all(o.exists() for o in stage.outputs):
+            log.info("%s: done earlier (%s), skipped", head, _fmt_seconds(entry.get("seconds", 0.0)))
+            continue
+        changed = entry is not None and entry.get("key") != key
+        config = stage.config
+        if changed and hasattr(config, "overwrite"):
+            config = dataclasses.replace(config, overwrite=True)
+        if changed:
+            log.info("%s: settings or inputs changed since the last run, rebuilding", head)
+        else:
+            log.info("%s: %s", head, "continuing" if entry else "running")
+        ledger["stages"][stage.name] = {"key": key, "state": "started", "seconds": (entry or {}).get("seconds", 0.0) if not changed else 0.0}
+        atomic_write_json(out / LEDGER, ledger)
+        t0 = time.perf_counter()
+        (runners or {}).get(stage.name, stage.run)(config)
+        seconds = ledger["stages"][stage.name]["seconds"] + time.perf_counter() - t0
+        ledger["stages"][stage.name] = {"key": key, "state": "done", "seconds": round(seconds, 2)}
+        atomic_write_json(out / LEDGER, ledger)
+        log.info("%s: done in %s", head, _fmt_seconds(time.perf_counter() - t0))
+    report = write_report(cfg, out, ledger)
+    log.info("pipeline finished in %s (this call); report -> %s", _fmt_seconds(time.perf_counter() - t_all), out / f"{REPORT}.md")
+    return report
+
+
+def write_report(cfg: PipelineConfig, out: Path, ledger: dict[str, Any]) -> dict[str, Any]:
+    """report.md / report.png / report.json over the evaluated rows, REPLUG the paired baseline."""
+    from radit.eval.report import make_report
+
+    rows = [r for r in ROWS if r in cfg.eval.configurations]
+    run_dirs = [run_paths(out)["eval"] / task_slug(task) / row for task in cfg.eval.tasks for row in rows]
+    labels = [LABELS[row] for _ in cfg.eval.tasks for row in rows]
+    families = labels
+    baseline = LABELS["replug"] if "replug" in rows else None
+    md = make_report(run_dirs, out, labels=labels, families=families, baseline=baseline,
+                     resamples=cfg.eval.resamples, seed=cfg.eval.seed, title=f"RA-DIT ablation (Table 6), {cfg.lm}",
+                     name=REPORT)
+    stage_times = {name: e.get("seconds", 0.0) for name, e in ledger["stages"].items()}
+    report = json.loads(md.with_suffix(".json").read_text(encoding="utf-8"))
+    report["stage_seconds"] = stage_times
+    report["total_seconds"] = round(sum(stage_times.values()), 2)
+    report["ordering"] = ordering_checks(report)
+    atomic_write_json(md.with_suffix(".json"), report)
+    _append(md, report["ordering"], stage_times)
+    return report
+
+
+def ordering_checks(report: dict[str, Any]) -> dict[str, list[str]]:
+    """Per task, the paper's Table 6 ordering read off the report: is RA-DIT the best row, and does each
+    fine-tuned row beat REPLUG by more than its paired interval allows to be chance."""
+    checks: dict[str, list[str]] = {}
+    for task in dict.fromkeys(r["task"] for r in report["runs"]):
+        runs = {r["label"]: r for r in report["runs"] if r["task"] == task}
+        lines = []
+        for metric in ("em", "f1", "accuracy"):
+            scored = {label: r["metrics"][metric]["value"] for label, r in runs.items() if metric in r["metrics"]}
+            if "RA-DIT" in scored and len(scored) > 1:
+                best = max(scored, key=scored.get)
+                runner_up = max((v, k) for k, v in scored.items() if k != "RA-DIT")
+                verdict = "yes" if best == "RA-DIT" and scored["RA-DIT"] > runner_up[0] else "no"
+                lines.append(f"RA-DIT the best row on {metric.upper() if metric != 'accuracy' else metric}: {verdict} "
+                             f"({scored['RA-DIT']:.1f}; best other: {runner_up[1]} {runner_up[0]:.1f})")
+        for label in ("LM-ft", "R-ft", "RA-DIT"):
+            vs = (runs.get(label) or {}).get("vs_baseline")
+            if not vs:
+                continue
+            for metric in ("em", "f1", "accuracy"):
+                if metric in vs:
+                    d = vs[metric]
+                    above = "yes" if d["significant"] and d["diff"] > 0 else "no" if d["significant"] else "not significant"
+                    lines.append(f"{label} above {vs['label']} on {metric.upper() if metric != 'accuracy' else metric}: "
+                                 f"{above} ({d['diff']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}])")
+        if "RA-DIT" in runs and "LM-ft" in runs:
+            metric = "em" if "em" in runs["RA-DIT"]["metrics"] else "accuracy"
+            gap = runs["RA-DIT"]["metrics"][metric]["value"] - runs["LM-ft"]["metrics"][metric]["value"]
+            lines.append(f"RA-DIT - LM-ft on {metric.upper() if metric == 'em' else metric}: {gap:+.1f} (what R-ft adds to the tuned LM)")
+        checks[task] = lines
+    return checks
+
+
+def _append(md: Path, ordering: dict[str, list[str]], stage_times: dict[str, float]) -> None:
+    """The ordering checks and the time each stage took (summed over the calls that ran it) under the tables."""
+    lines = ["", "## The paper's ordering (Table 6), read off the intervals above", ""]
+    for task, checks in ordering.items():
+        lines += [f"- {task}:", *[f"  - {c}" for c in checks]]
+    lines += ["", "## Time per stage", "", "| stage | time |", "|---|---|"]
+    lines += [f"| {name} | {_fmt_seconds(s)} |" for name, s in stage_times.items()]
+    lines.append(f"| total | {_fmt_seconds(sum(stage_times.values()))} |")
+    text = md.read_text(encoding="utf-8").rstrip("\n") + "\n" + "\n".join(lines) + "\n"
+    atomic_write_text(md, text)
+
+
+def recipe_path(name: str) -> Path:
+    """A recipe shipped in the source tree's configs/ folder (`radit quickstart` runs `quickstart.yaml`)."""
+    path = RECIPES / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the recipe is missing (radit quickstart runs from a source checkout, e.g. "
+                                f"`make quickstart`); or run any recipe with `radit pipeline --config FILE`")
+    return path
