@@ -2,6 +2,9 @@
 
     cli  >  eval, train  >  augment  >  retriever, lm  >  everything else (config, corpus, prompts, ...)
 
+`distributed` (the one owner of torch.distributed) and `runtime` sit in the bottom layer, so that every
+layer above can use them; `distributed` imports `runtime`, never the reverse.
+
 Imports inside functions count too: a lazy import is still an arrow a reader has to follow.
 """
 

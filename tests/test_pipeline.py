@@ -110,7 +110,9 @@ def test_a_rerun_skips_finished_stages_and_reruns_what_changed(recipe, caplog):
     run_counted(recipe)
     assert calls == []  # everything finished with the same settings: nothing runs again
     changed = dataclasses.replace(recipe, train_retriever=dataclasses.replace(recipe.train_retriever, steps=3))
-    run_counted(changed)
+    with caplog.at_level("INFO", logger="radit.pipeline"):
+        run_counted(changed)
+    assert "train-retriever: changed since the last run (steps: 2 -> 3)" in caplog.text
     task = task_slug(recipe.eval.tasks[0])
     assert calls == ["train-retriever", f"eval/{task}/r-ft", f"eval/{task}/ra-dit"]  # and everything downstream of it
     state = json.loads((Path(recipe.output) / "r-ft" / "metrics.json").read_text())
@@ -162,3 +164,27 @@ def test_only_the_stages_the_rows_need_run(recipe):
     run_pipeline(cfg)
     ledger = json.loads((Path(cfg.output) / LEDGER).read_text())["stages"]
     assert "train-lm" not in ledger and "lm-data" not in ledger and "train-retriever" in ledger
+
+
+def test_a_field_added_with_its_default_keeps_the_key():
+    """A later radit that adds a config field (with a default) must not rerun finished stages."""
+    import dataclasses
+
+    from radit.pipeline import Stage, stage_key, stage_settings
+
+    @dataclasses.dataclass
+    class Before:
+        steps: int = 10
+        lr: float = 1e-5
+
+    @dataclasses.dataclass
+    class After:
+        steps: int = 10
+        lr: float = 1e-5
+        new_option: str = "default"
+
+    assert stage_settings(Before(steps=3)) == {"steps": 3}
+    key = stage_key(Stage("s", Before(steps=3), print), {})
+    assert stage_key(Stage("s", After(steps=3), print), {}) == key
+    assert stage_key(Stage("s", After(steps=3, new_option="x"), print), {}) != key
+    assert stage_key(Stage("s", Before(steps=4), print), {}) != key

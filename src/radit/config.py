@@ -116,6 +116,27 @@ class HybridConfig:
 
 
 @dataclasses.dataclass
+class QdrantConfig:
+    """`radit index --backend qdrant`: the Qdrant collection the document vectors are upserted into
+    (point id = row, payload = passage id). See radit.retriever.qdrant."""
+
+    url: str | None = None
+    """A Qdrant server or cluster (http://host:6333; its API key, if any, is read from QDRANT_API_KEY).
+    Unset: Qdrant's local mode, stored in --output/qdrant (no server; for corpora up to ~20k passages)."""
+    collection: str = "radit"
+    """Collection name. One that exists and was not filled by this index directory is replaced only
+    with --overwrite."""
+    batch_size: int = 256
+    """Points per upsert request."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"--qdrant.batch-size must be >= 1, got {self.batch_size}")
+        if not self.collection.strip():
+            raise ValueError("--qdrant.collection must not be empty")
+
+
+@dataclasses.dataclass
 class IndexConfig:
     """`radit index`: embed passages and build a searchable index."""
 
@@ -123,9 +144,10 @@ class IndexConfig:
     """Passages file written by `radit corpus`."""
     output: str = "runs/index"
     """Index directory."""
-    backend: Literal["dense", "bm25", "hybrid"] = "dense"
+    backend: Literal["dense", "bm25", "hybrid", "qdrant"] = "dense"
     """dense: dual encoder + FAISS; bm25: lexical baseline through bm25s; hybrid: fuse a dense and a BM25
-    index (--dense-index, --bm25-index; --passages is theirs)."""
+    index (--dense-index, --bm25-index; --passages is theirs); qdrant: dual encoder + a Qdrant collection
+    (--qdrant.url, --qdrant.collection; needs `pip install radit[qdrant]`)."""
     encoder: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
     """The dual encoder whose document tower embeds the passages (dense only)."""
     index_type: Literal["flat", "ivfpq", "hnsw"] = "flat"
@@ -160,6 +182,8 @@ class IndexConfig:
     """Delete an existing index in --output that was built from other passages or another encoder."""
     hybrid: HybridConfig = flat(HybridConfig)
     """The two indexes a hybrid one fuses, and how (--backend hybrid)."""
+    qdrant: QdrantConfig = dataclasses.field(default_factory=QdrantConfig)
+    """Where the vectors go (--backend qdrant)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "shard_size", "pq_bits", "nprobe", "hnsw_m", "ef_search"):
@@ -176,6 +200,8 @@ class IndexConfig:
             raise ValueError("--backend hybrid needs --dense-index DIR and --bm25-index DIR (the indexes to fuse)")
         if self.backend != "hybrid" and any(sides):
             raise ValueError("--dense-index and --bm25-index apply to --backend hybrid only")
+        if self.backend != "qdrant" and self.qdrant != QdrantConfig():
+            raise ValueError("--qdrant.* flags apply to --backend qdrant only")
 
 
 @dataclasses.dataclass

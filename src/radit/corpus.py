@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from radit.artifacts import atomic_open
 from radit.config import CorpusConfig
@@ -50,6 +49,7 @@ from radit.data.records import (
     split_line,
     surrogate_problem,
 )
+from radit.distributed import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -446,7 +446,7 @@ def build_passages(cfg: CorpusConfig) -> CorpusStats:
     for path in cfg.inputs:  # fail before a long run rather than at its last file
         _check_input(Path(path))
     stats, seen = CorpusStats(), {}
-    with atomic_open(cfg.output) as out, tqdm(desc="chunk documents", unit="doc") as bar:
+    with atomic_open(cfg.output) as out, progress_bar(desc="chunk documents", unit="doc") as bar:
         for path in cfg.inputs:
             for doc in iter_documents(path, cfg, stats, seen):
                 passages = [

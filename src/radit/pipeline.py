@@ -35,7 +35,7 @@ from typing import Any
 
 from radit.artifacts import OUTPUT_MARKER, atomic_open, atomic_write_json, atomic_write_text, check_output_target, mark_output_dir
 from radit.config import EvalConfig, PipelineConfig
-from radit.config_io import save_yaml, to_dict
+from radit.config_io import save_yaml
 from radit.eval.tasks import task_slug
 
 log = logging.getLogger(__name__)
@@ -164,12 +164,35 @@ def needed(stages: list[Stage]) -> list[Stage]:
     return [s for s in stages if s.name in keep]
 
 
+def stage_settings(config: Any, prefix: str = "") -> dict[str, Any]:
+    """The fields of a stage config that differ from their defaults, flattened (`encoder.preset`).
+
+    Only these enter the stage's key, so a field that a later radit adds (with a default) leaves the
+    keys of existing runs, and thus their finished stages, as they are."""
+    settings: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name == "overwrite":
+            continue
+        if dataclasses.is_dataclass(value):
+            settings.update(stage_settings(value, f"{prefix}{f.name}."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if value != default:
+            settings[prefix + f.name] = value
+    return settings
+
+
 def stage_key(stage: Stage, keys: dict[str, str]) -> str:
-    """A hash of the stage's settings and of the keys of the stages it reads from."""
-    settings = to_dict(stage.config)
-    settings.pop("overwrite", None)
-    blob = json.dumps({"settings": settings, "needs": {n: keys[n] for n in stage.needs}}, sort_keys=True, default=str)
+    """A hash of the stage's settings (those off their defaults) and of the keys of the stages it reads from."""
+    blob = json.dumps({"settings": stage_settings(stage.config), "needs": {n: keys[n] for n in stage.needs}},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k, 'default')!r} -> {new.get(k, 'default')!r}" for k in keys[:4]) or "an upstream stage"
 
 
 # --------------------------------------------------------------------------- running it
@@ -229,16 +252,18 @@ def run_pipeline(cfg: PipelineConfig, runners: dict[str, Callable[[Any], Any]] |
         config = stage.config
         if changed and hasattr(config, "overwrite"):
             config = dataclasses.replace(config, overwrite=True)
+        settings = json.loads(json.dumps(stage_settings(config), default=str))
         if changed:
-            log.info("%s: settings or inputs changed since the last run, rebuilding", head)
+            log.info("%s: changed since the last run (%s), rebuilding", head, _changes(entry.get("settings", {}), settings))
         else:
             log.info("%s: %s", head, "continuing" if entry else "running")
-        ledger["stages"][stage.name] = {"key": key, "state": "started", "seconds": (entry or {}).get("seconds", 0.0) if not changed else 0.0}
+        seconds = (entry or {}).get("seconds", 0.0) if not changed else 0.0
+        ledger["stages"][stage.name] = {"key": key, "state": "started", "seconds": seconds, "settings": settings}
         atomic_write_json(out / LEDGER, ledger)
         t0 = time.perf_counter()
         (runners or {}).get(stage.name, stage.run)(config)
-        seconds = ledger["stages"][stage.name]["seconds"] + time.perf_counter() - t0
-        ledger["stages"][stage.name] = {"key": key, "state": "done", "seconds": round(seconds, 2)}
+        seconds += time.perf_counter() - t0
+        ledger["stages"][stage.name] = {"key": key, "state": "done", "seconds": round(seconds, 2), "settings": settings}
         atomic_write_json(out / LEDGER, ledger)
         log.info("%s: done in %s", head, _fmt_seconds(time.perf_counter() - t0))
     report = write_report(cfg, out, ledger)

@@ -20,17 +20,36 @@ DTYPE_CHOICES = ("auto", *DTYPES)
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; anything else is passed to torch.device."""
+    """`auto` picks cuda, then mps, then cpu; anything else is passed to torch.device.
+
+    Under a launcher that starts several processes (torchrun / `accelerate launch` set WORLD_SIZE > 1),
+    `auto` and a bare `cuda` mean this process's own GPU, `cuda:{LOCAL_RANK}`: else every process
+    would compute on GPU 0. An explicit index (`cuda:1`) is kept as given.
+    """
     if spec == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return _process_gpu()
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {spec}: CUDA is not available on this machine; use --device cpu or auto")
+    if device.type == "cuda" and device.index is None:
+        return _process_gpu()
     return device
+
+
+def _process_gpu() -> torch.device:
+    # The launcher's variables are read here, not through radit.distributed, which imports this module.
+    if int(os.environ.get("WORLD_SIZE") or 1) <= 1:
+        return torch.device("cuda")
+    local = int(os.environ.get("LOCAL_RANK") or 0)
+    count = torch.cuda.device_count()
+    if local >= count:
+        raise ValueError(f"LOCAL_RANK={local} but this machine shows {count} CUDA device(s): start at most {count} "
+                         "processes per machine (torchrun --nproc-per-node), or set CUDA_VISIBLE_DEVICES")
+    return torch.device("cuda", local)
 
 
 def cpu_capabilities() -> dict:
@@ -72,7 +91,8 @@ def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMana
 
 
 def machine_info(device: torch.device | str = "cpu") -> dict:
-    """What a benchmark result must name: the CPU (or GPU), its core count and its bf16 capability."""
+    """What a benchmark result must name: the CPU (or GPU: name, memory, compute capability, CUDA
+    version), its core count and its bf16 capability."""
     caps = cpu_capabilities()
     cpu = caps.get("cpu_name") or platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -91,6 +111,10 @@ def machine_info(device: torch.device | str = "cpu") -> dict:
     }
     device = torch.device(device)
     if device.type == "cuda" and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(device)
         info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["gpu_capability"] = f"{props.major}.{props.minor}"
+        info["cuda"] = torch.version.cuda
         info["auto_dtype"] = resolve_dtype("auto", device)
     return info

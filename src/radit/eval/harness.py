@@ -26,11 +26,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from radit.artifacts import atomic_write_json
 from radit.config import EvalConfig, InferenceConfig
 from radit.config_io import load_yaml, save_yaml, to_dict
+from radit.distributed import progress_bar
 from radit.eval.metrics import exact_match, f1_score
 from radit.eval.tasks import Example, Task, get_task, task_slug
 from radit.prompts import PromptTemplate, resolve_template
@@ -265,7 +264,7 @@ def run_eval(cfg: EvalConfig, answer_fns: AnswerFns | None = None, lm: tuple[Any
         answer_settings = dataclasses.replace(settings, retrieval_temperature=temperature or 1.0)
 
         with open(preds_path, "a", encoding="utf-8") as f:
-            bar = tqdm(list(zip(pending, hits_all)), desc=f"eval {task.name}", unit="q")
+            bar = progress_bar(list(zip(pending, hits_all)), desc=f"eval {task.name}", unit="q")
             running = 0.0  # this session's score so far, for the progress bar
             for i, (example, hits) in enumerate(bar, 1):
                 t0 = time.time()

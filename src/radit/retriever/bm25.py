@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from radit.corpus import PassageStore
+from radit.distributed import progress_bar
 from radit.retriever.encoder import passage_input
 from radit.retriever.hits import Hit, clip_k, hits_from_rows
 from radit.retriever.manifest import IndexMismatchError, open_passages, read_manifest, rebuild_hint
@@ -39,7 +39,7 @@ def build_bm25(store: PassageStore, out: Path) -> None:
 
     tokenizer = _tokenizer()
     tokens = tokenizer.tokenize(
-        [passage_input(p) for p in tqdm(store, total=len(store), desc="read passages")], return_as="ids", show_progress=False
+        [passage_input(p) for p in progress_bar(store, total=len(store), desc="read passages")], return_as="ids", show_progress=False
     )
     retriever = bm25s.BM25()
     retriever.index(tokens, show_progress=False)

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from radit.config import EncoderConfig
+from radit.distributed import progress_bar
 from radit.models import resolve_model, weights_fingerprint
 from radit.runtime import autocast, resolve_dtype
 
@@ -142,8 +142,7 @@ class Encoder(nn.Module):
         order = np.argsort([-len(t) for t in texts], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         with autocast(self.device, resolve_dtype(dtype, self.device)):
-            off = {} if progress else {"disable": True}  # an explicit disable=False would override -q
-            for start in tqdm(range(0, len(texts), batch_size), desc="encode", unit="batch", **off):
+            for start in progress_bar(range(0, len(texts), batch_size), enabled=progress, desc="encode", unit="batch"):
                 idx = order[start : start + batch_size]
                 out[idx] = self(**self.tokenize([texts[i] for i in idx])).cpu().numpy()
         return out

@@ -1,4 +1,5 @@
-"""What a search returns: `Hit`s, and the `Searcher` interface that dense and BM25 indexes share."""
+"""What a search returns: `Hit`s, the `Searcher` interface that dense and BM25 indexes share, and the
+`VectorStore` a dense searcher searches when its vectors live in a vector database."""
 
 from __future__ import annotations
 
@@ -34,6 +35,20 @@ class Searcher(Protocol):
     """Where `retrieval_temperature` came from, for run reports."""
 
     def search(self, queries: list[str], k: int) -> list[list[Hit]]: ...
+
+
+class VectorStore(Protocol):
+    """Where a dense index's document vectors are searched in place of FAISS: a vector database
+    (radit.retriever.qdrant). Another database is one more class with these two methods."""
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """q [Q, dim] float32 -> (scores [Q, k], rows [Q, k]) by inner product, best first; -1 rows
+        where fewer than k were found (what FAISS's `Index.search` returns)."""
+        ...
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """rows [...] int -> the stored document vectors float32 [..., dim]; zero where a row is -1."""
+        ...
 
 
 def hits_from_rows(store: PassageStore, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:

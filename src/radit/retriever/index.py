@@ -1,6 +1,7 @@
-"""Embed passages into memory-mapped shards and build a FAISS (or BM25) index with a manifest.
+"""Embed passages into memory-mapped shards and build a FAISS (or BM25, or Qdrant) index with a manifest.
 
     radit index --passages runs/corpus/passages.jsonl --output runs/index
+    radit index --backend qdrant --passages runs/corpus/passages.jsonl --output runs/index-qdrant [--qdrant.url URL]
 
 Layout of an index directory:
     .radit-output         marks the directory as radit's (see radit.artifacts.OUTPUT_MARKER)
@@ -9,7 +10,8 @@ Layout of an index directory:
     config.yaml           the resolved config of the run: `radit index --config` on it resumes or repairs
     embeddings/           the document vectors in shards; a rerun skips finished ones (radit.retriever.shards)
     passage_offsets.npy   byte offset of each passage line, for random access at search time
-    faiss.index           (dense) or bm25/ (bm25)
+    faiss.index           (dense) or bm25/ (bm25) or qdrant_upload.json and, in local mode, qdrant/
+                          (qdrant: the vectors in a Qdrant collection, radit.retriever.qdrant)
 
 A hybrid index (`--backend hybrid`) holds only the marker, config.yaml and a manifest naming the dense
 and BM25 indexes it fuses (radit.retriever.hybrid).
@@ -33,17 +35,18 @@ from typing import Any
 
 import faiss
 import numpy as np
-from tqdm.auto import tqdm
 
 import radit
 from radit.artifacts import OUTPUT_MARKER, atomic_open, atomic_path, atomic_write_json, is_radit_output_dir, mark_output_dir
 from radit.config import IndexConfig
 from radit.config_io import save_yaml
 from radit.corpus import PassageStore
+from radit.distributed import progress_bar
 from radit.retriever.bm25 import BM25_DIR, build_bm25
 from radit.retriever.encoder import DualEncoder, Encoder, passage_input, resolve_encoder_spec
 from radit.retriever.hybrid import hybrid_manifest, hybrid_state
 from radit.retriever.manifest import FAISS_FILE, FORMAT_VERSION, MANIFEST, OFFSETS_FILE, IndexMismatchError, passages_record
+from radit.retriever.qdrant import QDRANT_DIR, UPLOAD_FILE, check_collection, qdrant_record, release_local, upload
 from radit.retriever.shards import EMBEDDINGS_DIR, STATE_FILE, ShardedVectors, shard_done, shard_rows, write_shard
 from radit.runtime import resolve_device, resolve_dtype
 
@@ -58,7 +61,7 @@ def embed_passages(store: PassageStore, encoder: Encoder, emb_dir: Path, cfg: In
     done = {i for i in range(n_shards) if shard_done(emb_dir, i, shard_rows(i, n, cfg.shard_size), encoder.dim)}
     if done:
         log.info("resuming: %d of %d shards already embedded", len(done), n_shards)
-    bar = tqdm(total=n, desc="embed passages", unit="passage", initial=sum(shard_rows(i, n, cfg.shard_size) for i in done))
+    bar = progress_bar(total=n, desc="embed passages", unit="passage", initial=sum(shard_rows(i, n, cfg.shard_size) for i in done))
     for i in range(n_shards):
         if i in done:
             continue
@@ -114,7 +117,7 @@ def build_faiss(shards: list[np.ndarray], dim: int, cfg: IndexConfig) -> tuple[f
         if len(sample) < params["nlist"]:
             raise ValueError(f"--nlist {params['nlist']} needs at least that many passages; the corpus has {n}")
         index.train(sample)
-    for shard in tqdm(shards, desc="add to index", unit="shard"):
+    for shard in progress_bar(shards, desc="add to index", unit="shard"):
         index.add(np.ascontiguousarray(shard, dtype=np.float32))
     return index, params
 
@@ -183,7 +186,7 @@ def check_output_dir(out: Path, state: dict[str, Any], overwrite: bool) -> list[
                 "changed: pass --overwrite to replace it, or choose another --output"
             )
         log.warning("--overwrite: replacing %s of another build in %s (%s)", what, out, _describe_change(old, state))
-        return [out / EMBEDDINGS_DIR, out / FAISS_FILE, out / BM25_DIR]
+        return [out / EMBEDDINGS_DIR, out / FAISS_FILE, out / BM25_DIR, out / QDRANT_DIR, out / UPLOAD_FILE]
     return [out / BM25_DIR] if state["backend"] == "bm25" else []  # bm25/ is rebuilt whole
 
 
@@ -193,6 +196,8 @@ def _clear_output(out: Path, stale: list[Path]) -> None:
     mark_output_dir(out, "index")
     (out / MANIFEST).unlink(missing_ok=True)
     for path in stale:
+        if path.name == QDRANT_DIR:
+            release_local(path)  # this process's client of the local-mode folder
         if path.is_dir():
             shutil.rmtree(path)
         else:
@@ -206,7 +211,8 @@ def build_hybrid(cfg: IndexConfig) -> Path:
     manifest = hybrid_manifest(cfg.hybrid, out)
     stale = check_output_dir(out, hybrid_state(manifest), cfg.overwrite)
     # A dense or BM25 build replaced with --overwrite leaves nothing behind.
-    _clear_output(out, [*stale, out / EMBEDDINGS_DIR, out / FAISS_FILE, out / BM25_DIR, out / OFFSETS_FILE])
+    _clear_output(out, [*stale, out / EMBEDDINGS_DIR, out / FAISS_FILE, out / BM25_DIR, out / QDRANT_DIR, out / UPLOAD_FILE,
+                        out / OFFSETS_FILE])
     sides = dataclasses.replace(cfg.hybrid, dense_index=manifest["dense_index"]["absolute"], bm25_index=manifest["bm25_index"]["absolute"])
     save_yaml(dataclasses.replace(cfg, passages=manifest["passages"]["path"], output=str(out.resolve()), hybrid=sides), out / "config.yaml")
     atomic_write_json(out / MANIFEST, manifest)
@@ -215,8 +221,8 @@ def build_hybrid(cfg: IndexConfig) -> Path:
 
 
 def build_index(cfg: IndexConfig) -> Path:
-    """The `radit index` stage: passages -> embeddings shards -> FAISS index (or BM25) + manifest; or
-    the manifest of a hybrid index over two built ones.
+    """The `radit index` stage: passages -> embeddings shards -> FAISS index (or BM25, or a Qdrant
+    collection) + manifest; or the manifest of a hybrid index over two built ones.
 
     Everything that can fail on bad input (the passages, the encoder, the output directory) is checked
     before the first write to `cfg.output`.
@@ -249,7 +255,7 @@ def build_index(cfg: IndexConfig) -> Path:
         dual = DualEncoder.load(spec, device)
         doc_fp = dual.doc.fingerprint()
         state = {
-            "backend": "dense",
+            "backend": cfg.backend,
             "passages_sha256": manifest["passages"]["sha256"],
             "doc_encoder": spec.doc_model,
             "doc_encoder_fingerprint": doc_fp,
@@ -262,6 +268,9 @@ def build_index(cfg: IndexConfig) -> Path:
             "dtype": cfg.dtype,
         }
     stale = check_output_dir(out, state, cfg.overwrite)
+    if cfg.backend == "qdrant":
+        where = qdrant_record(cfg.qdrant)
+        check_collection(out, where, cfg.overwrite)
 
     # Every check passed: from here on `out` is changed.
     _clear_output(out, stale)
@@ -278,20 +287,23 @@ def build_index(cfg: IndexConfig) -> Path:
         emb_dir.mkdir(exist_ok=True)
         atomic_write_json(emb_dir / STATE_FILE, state)
         n_shards = embed_passages(store, dual.doc, emb_dir, cfg, cfg.dtype)
-        shards = ShardedVectors(emb_dir, len(store), cfg.shard_size, dual.doc.dim).shards
-        index, params = build_faiss(shards, dual.doc.dim, cfg)
-        with atomic_path(out / FAISS_FILE) as tmp:
-            faiss.write_index(index, str(tmp))
-        manifest.update(
-            index_type=cfg.index_type,
-            index_params=params,
-            dim=dual.doc.dim,
-            n_shards=n_shards,
-            shard_size=cfg.shard_size,
-            embedding_dtype=cfg.embedding_dtype,
-            dtype=cfg.dtype,
-            encoder={**dataclasses.asdict(spec), "doc_encoder_fingerprint": doc_fp},
-        )
+        vectors = {
+            "dim": dual.doc.dim,
+            "n_shards": n_shards,
+            "shard_size": cfg.shard_size,
+            "embedding_dtype": cfg.embedding_dtype,
+            "dtype": cfg.dtype,
+            "encoder": {**dataclasses.asdict(spec), "doc_encoder_fingerprint": doc_fp},
+        }
+        if cfg.backend == "qdrant":
+            upload(out, where, emb_dir, len(store), cfg.shard_size, dual.doc.dim, cfg.qdrant.batch_size)
+            manifest.update(qdrant=where, **vectors)
+        else:
+            shards = ShardedVectors(emb_dir, len(store), cfg.shard_size, dual.doc.dim).shards
+            index, params = build_faiss(shards, dual.doc.dim, cfg)
+            with atomic_path(out / FAISS_FILE) as tmp:
+                faiss.write_index(index, str(tmp))
+            manifest.update(index_type=cfg.index_type, index_params=params, **vectors)
     manifest["build_seconds"] = round(time.time() - t0, 2)
     atomic_write_json(out / MANIFEST, manifest)
     log.info("index of %d passages written to %s in %.1fs", len(store), out, manifest["build_seconds"])

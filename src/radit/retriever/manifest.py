@@ -1,8 +1,8 @@
 """An index directory's manifest and the checks every load runs before it trusts the files.
 
 `manifest.json` is written last by `radit index`; it names the passages file the index was built
-from (its size, mtime, a cheap fingerprint and the full sha256), the backend, and for a dense index
-the encoder, dimension and shard layout. Loading checks the passages file against it:
+from (its size, mtime, a cheap fingerprint and the full sha256), the backend, and for a dense (or
+qdrant) index the encoder, dimension and shard layout. Loading checks the passages file against it:
 
 - always: the size, and the sha256 of the first and last `fingerprint_window` bytes (fast);
 - the full sha256 when the file's size or mtime is not the one recorded (a copied or touched file),
@@ -45,6 +45,7 @@ _REQUIRED: dict[str, dict[str, type]] = {
     "any": {"format_version": int, "backend": str, "count": int, "passages": dict},
     "dense": {"index_type": str, "dim": int, "n_shards": int, "shard_size": int, "encoder": dict},
     "bm25": {},
+    "qdrant": {"dim": int, "n_shards": int, "shard_size": int, "encoder": dict, "qdrant": dict},
 }
 _REQUIRED_PASSAGES = {"path": str, "fingerprint": str, "sha256": str}
 _JSON_NAMES = {int: "integer", str: "string", dict: "object"}
@@ -138,7 +139,7 @@ def load_manifest(index_dir: str | Path) -> dict[str, Any]:
     if manifest["backend"] == "hybrid":  # its manifest is read by radit.retriever.hybrid
         raise IndexMismatchError(f"{index_dir} is a hybrid index (a fusion of two others), not a dense or BM25 one; "
                                  "open it with radit.retriever.search.load_searcher")
-    if manifest["backend"] not in ("dense", "bm25"):
+    if manifest["backend"] not in ("dense", "bm25", "qdrant"):
         raise IndexMismatchError(f"{path}: unknown backend {manifest['backend']!r}; {rebuild_hint(index_dir)}")
     _check_keys(path, manifest, _REQUIRED[manifest["backend"]], "", index_dir)
     _check_keys(path, manifest["passages"], _REQUIRED_PASSAGES, "passages.", index_dir)

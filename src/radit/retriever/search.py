@@ -1,4 +1,5 @@
-"""Top-k search over a dense (FAISS), BM25 or hybrid index, one interface for all, and run files.
+"""Top-k search over a dense (FAISS or a vector database), BM25 or hybrid index, one interface for all,
+and run files.
 
     radit search --index runs/index "who founded the Ming dynasty?"
     radit search --index runs/index --queries questions.jsonl --output run.jsonl --k 10
@@ -16,14 +17,15 @@ from typing import Any
 
 import faiss
 import numpy as np
-from tqdm.auto import tqdm
 
 from radit.artifacts import atomic_open, open_text
+from radit.distributed import progress_bar
 from radit.retriever.bm25 import BM25Searcher
 from radit.retriever.encoder import Encoder, EncoderSpec
-from radit.retriever.hits import Hit, Searcher, clip_k, hits_from_rows
+from radit.retriever.hits import Hit, Searcher, VectorStore, clip_k, hits_from_rows
 from radit.retriever.hybrid import HybridSearcher, is_hybrid_index, read_hybrid_manifest
 from radit.retriever.manifest import FAISS_FILE, IndexMismatchError, encoder_spec_of, open_passages, read_manifest, rebuild_hint
+from radit.retriever.qdrant import QdrantIndex
 from radit.retriever.shards import EMBEDDINGS_DIR, ShardedVectors, load_shard_ids, shard_rows
 from radit.runtime import resolve_device
 
@@ -42,6 +44,11 @@ def rerank_exact(q: np.ndarray, rows: np.ndarray, vectors, k: int) -> tuple[np.n
     scores[rows < 0] = -np.inf
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(scores, top, 1), np.take_along_axis(rows, top, 1)
+
+
+VECTOR_DATABASES: dict[str, type[VectorStore]] = {"qdrant": QdrantIndex}
+"""Manifest `backend` -> the class that opens (index_dir, manifest) a vector database holding a dense
+index's vectors; `DenseSearcher` searches it in place of FAISS."""
 
 
 def _read_faiss(index_dir: Path, manifest: dict[str, Any]) -> faiss.Index:
@@ -67,8 +74,9 @@ def _read_faiss(index_dir: Path, manifest: dict[str, Any]) -> faiss.Index:
 
 
 class DenseSearcher:
-    """FAISS inner-product search with a query encoder; rows map to passages through the store and to
-    the stored document vectors through the memory-mapped embedding shards."""
+    """Inner-product search with a query encoder, in FAISS or a vector database (`VECTOR_DATABASES`);
+    rows map to passages through the store and to the stored document vectors through the memory-mapped
+    embedding shards (FAISS) or the database."""
 
     def __init__(
         self,
@@ -84,8 +92,9 @@ class DenseSearcher:
         """`checked` is the result of `read_manifest` when the caller has it already (read once)."""
         self.index_dir = Path(index_dir)
         self.manifest, passages_path = checked or read_manifest(index_dir, passages, verify=verify)
-        if self.manifest["backend"] != "dense":
-            raise IndexMismatchError(f"{index_dir} is a {self.manifest['backend']} index, not dense")
+        backend = self.manifest["backend"]
+        if backend != "dense" and backend not in VECTOR_DATABASES:
+            raise IndexMismatchError(f"{index_dir} is a {backend} index, not dense")
         self.spec: EncoderSpec = encoder_spec_of(self.manifest)
         self.count = int(self.manifest["count"])
         self.dim = int(self.manifest["dim"])
@@ -95,12 +104,16 @@ class DenseSearcher:
         else:
             self.retrieval_temperature_source = f"default 1.0: the index manifest ({index_dir}) records no encoder score_temperature"
         self.store = open_passages(self.index_dir, self.manifest, passages_path)
-        self.index = _read_faiss(self.index_dir, self.manifest)
         params = self.manifest.get("index_params", {})
-        if "nprobe" in params:
-            faiss.extract_index_ivf(self.index).nprobe = params["nprobe"]
         self.rerank = int(params.get("rerank", 0))
-        self.vectors = ShardedVectors(self.index_dir / EMBEDDINGS_DIR, self.count, int(self.manifest["shard_size"]), self.dim)
+        if backend in VECTOR_DATABASES:
+            self.index = VECTOR_DATABASES[backend](self.index_dir, self.manifest)
+            self.vectors = self.index.vectors
+        else:
+            self.index = _read_faiss(self.index_dir, self.manifest)
+            if "nprobe" in params:
+                faiss.extract_index_ivf(self.index).nprobe = params["nprobe"]
+            self.vectors = ShardedVectors(self.index_dir / EMBEDDINGS_DIR, self.count, int(self.manifest["shard_size"]), self.dim)
         self.batch_size = batch_size
         self.query_encoder = Encoder.load(
             query_encoder or self.spec.query_model,
@@ -131,15 +144,15 @@ class DenseSearcher:
     def doc_vectors(self, rows: np.ndarray) -> np.ndarray:
         """The stored document vectors of index rows: rows [...] int -> float32 [..., dim].
 
-        These are the vectors FAISS searched (the document tower is frozen after indexing), so
+        These are the vectors FAISS or the vector database searched (the document tower is frozen after indexing), so
         `doc_vectors(rows) @ q` reproduces the scores of a flat index; R-ft computes p_R with
         gradients through the query tower against them. A row of -1 (no hit) gives a zero vector.
         """
         return self.vectors(np.asarray(rows))
 
     def search_vectors(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """q [Q, dim] float32 -> (scores [Q, k], rows [Q, k]); straight to FAISS, then the optional
-        exact re-ranking of `rerank` candidates for approximate indexes."""
+        """q [Q, dim] float32 -> (scores [Q, k], rows [Q, k]); straight to FAISS (or the vector
+        database), then the optional exact re-ranking of `rerank` candidates for approximate indexes."""
         q = np.ascontiguousarray(q, dtype=np.float32)
         k = clip_k(k, self.count)
         if not self.rerank:
@@ -152,7 +165,7 @@ class DenseSearcher:
         """Passage id of every row [count], from the shards' id files (the order FAISS numbered them)."""
         emb_dir, shard_size = self.index_dir / EMBEDDINGS_DIR, int(self.manifest["shard_size"])
         ids: list[str] = []
-        for i in range(len(self.vectors.shards)):
+        for i in range(int(self.manifest["n_shards"])):
             ids.extend(load_shard_ids(emb_dir, i, shard_rows(i, self.count, shard_size)))
         return np.array(ids, dtype=object)
 
@@ -177,12 +190,13 @@ def load_searcher(
     verify: bool = False,
     **kwargs: Any,
 ) -> Searcher:
-    """Open a dense, BM25 or hybrid index by what its manifest says (read and checked once).
+    """Open a dense (FAISS or vector database), BM25 or hybrid index by what its manifest says (read and
+    checked once).
 
     Args:
         index_dir: Directory written by `radit index`.
-        query_encoder: Another query tower for a dense index, or the dense side of a hybrid one (e.g.
-            one fine-tuned by R-ft).
+        query_encoder: Another query tower for a dense or qdrant index, or the dense side of a hybrid one
+            (e.g. one fine-tuned by R-ft).
         device: Torch device of the query encoder.
         passages: The passages file, if not at the path the manifest records.
         verify: Check the full sha256 of the passages file even when its size and mtime are unchanged.
@@ -202,9 +216,7 @@ def load_searcher(
 
 def search_batched(searcher: Searcher, queries: list[str], k: int, batch_size: int = 256, progress: bool = True) -> list[list[Hit]]:
     results: list[list[Hit]] = []
-    # `disable` is passed only to turn the bar off: an explicit value would override TQDM_DISABLE (-q).
-    off = {} if progress else {"disable": True}
-    for start in tqdm(range(0, len(queries), batch_size), desc="search", unit="batch", **off):
+    for start in progress_bar(range(0, len(queries), batch_size), enabled=progress, desc="search", unit="batch"):
         results.extend(searcher.search(queries[start : start + batch_size], k))
     return results
 

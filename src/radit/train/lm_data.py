@@ -56,8 +56,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from radit.artifacts import atomic_write_json, check_output_target, write_jsonl
 from radit.augment import chunk_text
 from radit.config import LMDataConfig
@@ -71,6 +69,7 @@ from radit.data.instructions import (
     evaluated_questions,
     load_instructions,
 )
+from radit.distributed import progress_bar
 from radit.prompts import TEMPLATES, PromptTemplate, fit_background, randomized, resolve_template, to_model_text
 from radit.retriever.hits import Hit
 
@@ -245,7 +244,7 @@ def _fit(pending: list[_Pending], tokenizer, max_length: int) -> list[tuple[str,
         return [len(x) for x in tokenizer(texts, add_special_tokens=special)["input_ids"]]
 
     out: list[tuple[str, str, bool, int] | None] = []
-    for start in tqdm(range(0, len(pending), TOKENIZE_BATCH), desc="tokens", unit="batch"):
+    for start in progress_bar(range(0, len(pending), TOKENIZE_BATCH), desc="tokens", unit="batch"):
         batch = pending[start:start + TOKENIZE_BATCH]
         targets = [p.template.continuation(p.ex.target) for p in batch]
         n_prompt = count([text(p, p.background) for p in batch], True)
@@ -399,7 +398,7 @@ def build_lm_data(cfg: LMDataConfig) -> dict[str, Any]:
         },
         "config": dataclasses.asdict(cfg),
     }
-    write_jsonl(out_path, tqdm(lines, desc="write", unit="example"))
+    write_jsonl(out_path, progress_bar(lines, desc="write", unit="example"))
     atomic_write_json(sum_path, summary)
     log.info("%d training examples from %d sources -> %s (%d truncated, %d too long)", len(lines), len(cfg.sources),
              out_path, totals["truncated"], totals["too_long"])

@@ -44,7 +44,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -52,7 +51,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from radit.artifacts import (
     atomic_path,
@@ -61,6 +59,7 @@ from radit.artifacts import (
 )
 from radit.config import InferenceConfig, TrainLMConfig
 from radit.config_io import save_yaml, to_dict
+from radit.distributed import progress_bar, world_size
 from radit.lm.inputs import IGNORE_INDEX, pad_id
 from radit.lm.model import load_lm, logits_to_keep_supported, model_device
 from radit.lm.scoring import target_logprobs
@@ -346,7 +345,7 @@ def _make_accelerator(cfg: TrainLMConfig, dtype: str):
     from accelerate.state import AcceleratorState, GradientState
 
     device = resolve_device(cfg.device)
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if world_size() <= 1:
         # accelerate's state is a process-wide singleton that refuses a second, different setup (another
         # dtype, cpu vs cuda); one process may train several times (tests, notebooks), so start afresh.
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -464,8 +463,7 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
     # ---------------------------------------------------------------- fit
     stream = micro_batch_stream(lengths, cfg, epoch, index)
     metrics_file = open(out / "metrics.jsonl", "a", encoding="utf-8") if main else None
-    off = {} if main else {"disable": True}  # an explicit disable=False would override -q (TQDM_DISABLE)
-    bar = tqdm(total=cfg.steps, initial=step, desc="train-lm", unit="step", **off)
+    bar = progress_bar(total=cfg.steps, initial=step, enabled=main, desc="train-lm", unit="step")
     try:
         while step < cfg.steps:
             step += 1

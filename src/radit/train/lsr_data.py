@@ -45,13 +45,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from radit.artifacts import atomic_open, atomic_write_json, check_output_target, mark_output_dir
 from radit.augment import chunk_text
 from radit.config import LSRDataConfig
 from radit.config_io import save_yaml, to_dict
 from radit.data.instructions import load_instructions
+from radit.distributed import progress_bar
 from radit.prompts import PromptTemplate, resolve_template, to_model_text
 from radit.runtime import machine_info, resolve_device, resolve_dtype
 from radit.train.lm_data import apply_cap, drop_leaked
@@ -349,7 +349,7 @@ def build_lsr_data(cfg: LSRDataConfig) -> dict[str, Any]:
     scored_requests = sum(len(r["rows"]) for r in records[: len(done)])
     stats = {"truncated": 0, "distinct_chunks": 0, "slots": 0}
     t_score, n_new = time.perf_counter(), 0
-    bar = tqdm(total=total_requests, initial=scored_requests, desc="LSR scores", unit="pair")  # (pair, chunk) pairs
+    bar = progress_bar(total=total_requests, initial=scored_requests, desc="LSR scores", unit="pair")  # (pair, chunk) pairs
     with open(out / SCORES_FILE, "a", encoding="utf-8") as f:
         for start in range(len(done), len(records), cfg.part_size):
             part = records[start : start + cfg.part_size]

@@ -45,11 +45,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from radit.artifacts import atomic_path, atomic_write_json
 from radit.config import TrainRetrieverConfig
 from radit.config_io import save_yaml, to_dict
+from radit.distributed import progress_bar
 from radit.runtime import autocast, machine_info, resolve_device, resolve_dtype
 from radit.train.checkpoint import (
     inspect_run_dir,
@@ -333,7 +333,7 @@ def train_retriever(cfg: TrainRetrieverConfig) -> dict[str, Any]:
             save_best(out, trainable_state(encoder), best)
 
     # ---------------------------------------------------------------- fit
-    bar = tqdm(total=total, initial=step, desc="train-retriever", unit="step")
+    bar = progress_bar(total=total, initial=step, desc="train-retriever", unit="step")
     try:
         if step == 0:
             run_eval(0)  # the starting tower: the baseline every later evaluation is compared with
