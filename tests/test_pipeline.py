@@ -50,7 +50,7 @@ def recipe(tmp_path, tiny_lm_dir, tiny_encoder_dir) -> PipelineConfig:
                                part_size=3, data_dir=no_data),
         train_retriever=TrainRetrieverConfig(batch_size=2, steps=2, lr=1e-3, dev_pairs=2, eval_every=2,
                                              eval_questions=0, checkpoint_every=2),
-        eval=PipelineEvalConfig(tasks=[f"qa-file:{test}"], limit=None, shots=0, resamples=200,
+        eval=PipelineEvalConfig(tasks=[f"qa-file:{test}"], limit=None, shots=0, resamples=200, retrieval_questions=str(test),
                                 inference=InferenceConfig(k=2, max_new_tokens=3)),
     )
 
@@ -73,7 +73,8 @@ def test_pipeline_runs_every_stage_and_reports_the_five_rows(recipe):
     assert list(ledger) == names and all(e["state"] == "done" for e in ledger.values())
     assert names[:2] == ["corpus", "index"] and names.index("train-lm") < names.index("lsr-data")
     for path in ("passages.jsonl", "index/manifest.json", "lm-data/train.jsonl", "lm-ft/model/config.json",
-                 "lsr-data/manifest.json", "r-ft/model/radit_encoder.json", "report.md", "report.png", "report.json"):
+                 "lsr-data/manifest.json", "r-ft/model/radit_encoder.json", "eval-retrieval/base/metrics.json",
+                 "eval-retrieval/r-ft/metrics.json", "report.md", "report.png", "report.json"):
         assert (out / path).exists(), path
     task = task_slug(recipe.eval.tasks[0])
     rows = {row: json.loads((out / "eval" / task / row / "metrics.json").read_text()) for row in
@@ -88,6 +89,7 @@ def test_pipeline_runs_every_stage_and_reports_the_five_rows(recipe):
     for label in ("closed-book", "REPLUG", "LM-ft", "R-ft", "RA-DIT"):
         assert label in md
     assert "Time per stage" in md and report["total_seconds"] > 0
+    assert "Retrieval: answer-hit@k" in md and set(report["retrieval"]) == {"base", "r-ft"}
     assert all(f"eval/{task}/" in name for name in names if name.startswith("eval/"))  # a file-name-safe task folder
     checks = report["ordering"][recipe.eval.tasks[0]]
     assert any(c.startswith("RA-DIT the best row on EM") for c in checks)
@@ -114,7 +116,7 @@ def test_a_rerun_skips_finished_stages_and_reruns_what_changed(recipe, caplog):
         run_counted(changed)
     assert "train-retriever: changed since the last run (steps: 2 -> 3)" in caplog.text
     task = task_slug(recipe.eval.tasks[0])
-    assert calls == ["train-retriever", f"eval/{task}/r-ft", f"eval/{task}/ra-dit"]  # and everything downstream of it
+    assert calls == ["train-retriever", "retrieval/r-ft", f"eval/{task}/r-ft", f"eval/{task}/ra-dit"]  # and everything downstream of it
     state = json.loads((Path(recipe.output) / "r-ft" / "metrics.json").read_text())
     assert state["steps"] == 3
 

@@ -793,6 +793,9 @@ class PipelineEvalConfig:
     """How every row answers (mode replug for the retrieval rows; k, scoring, ...)."""
     data_dir: str | None = None
     """Folder of the public evaluation sets; default $RADIT_DATA, else ../shared/data."""
+    retrieval_questions: str | None = "quickstart:squad-open/test"
+    """Question set (file or bundled split) of `radit eval-retrieval` with the base and the R-ft query
+    tower: answer-hit@k in the report (unset: skipped)."""
     resamples: int = 2000
     """Bootstrap resamples of the report's intervals."""
     seed: int = 0

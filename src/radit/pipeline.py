@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from radit.artifacts import OUTPUT_MARKER, atomic_open, atomic_write_json, atomic_write_text, check_output_target, mark_output_dir
-from radit.config import EvalConfig, PipelineConfig
+from radit.config import EvalConfig, EvalRetrievalConfig, PipelineConfig
 from radit.config_io import save_yaml
 from radit.eval.tasks import task_slug
 
@@ -66,7 +66,8 @@ class Stage:
 
 def run_paths(out: Path) -> dict[str, Path]:
     return {"passages": out / "passages.jsonl", "index": out / "index", "lm_data": out / "lm-data" / "train.jsonl",
-            "lm_ft": out / "lm-ft", "lsr_data": out / "lsr-data", "r_ft": out / "r-ft", "eval": out / "eval"}
+            "lm_ft": out / "lm-ft", "lsr_data": out / "lsr-data", "r_ft": out / "r-ft", "eval": out / "eval",
+            "retrieval": out / "eval-retrieval"}
 
 
 def _documents(cfg: PipelineConfig, out: Path) -> list[str]:
@@ -109,6 +110,7 @@ def plan(cfg: PipelineConfig, out: Path) -> list[Stage]:
     """The stages in the order they run, each with the config its command takes."""
     from radit.corpus import build_passages
     from radit.eval.harness import run_eval
+    from radit.eval.retrieval import evaluate_retrieval
     from radit.retriever.index import build_index
     from radit.train.lm_data import build_lm_data
     from radit.train.lm_ft import train_lm
@@ -134,21 +136,33 @@ def plan(cfg: PipelineConfig, out: Path) -> list[Stage]:
                       (p["eval"] / task_slug(task) / row / "metrics.json",))
                 for task in cfg.eval.tasks for row in rows if row in cfg.eval.configurations]
 
+    def retrieval(tower: str) -> list[Stage]:
+        uses_r_ft = any(ROWS[row][1] for row in cfg.eval.configurations)
+        if not cfg.eval.retrieval_questions or (tower == "r-ft" and not uses_r_ft):
+            return []
+        config = EvalRetrievalConfig(index=str(p["index"]), questions=cfg.eval.retrieval_questions,
+                                     output=str(p["retrieval"] / tower), device=cfg.device,
+                                     query_encoder=str(p["r_ft"] / "model") if tower == "r-ft" else None)
+        needs = ("index", "train-retriever") if tower == "r-ft" else ("index",)
+        return [Stage(f"retrieval/{tower}", config, evaluate_retrieval, needs, (p["retrieval"] / tower / "metrics.json",))]
+
     return [
         Stage("corpus", corpus, build_passages, (), (p["passages"],)),
         Stage("index", index, build_index, ("corpus",), (p["index"] / "manifest.json",)),
+        *retrieval("base"),
         *evals(("closed-book", "replug")),
         Stage("lm-data", lm_data, build_lm_data, ("index",), (p["lm_data"],)),
         Stage("train-lm", train, train_lm, ("lm-data",), (p["lm_ft"] / "model",)),
         Stage("lsr-data", lsr, build_lsr_data, ("index",), (p["lsr_data"] / "manifest.json",)),
         Stage("train-retriever", r_ft, train_retriever, ("lsr-data",), (p["r_ft"] / "model",)),
+        *retrieval("r-ft"),
         *evals(("lm-ft", "r-ft", "ra-dit")),
     ]
 
 
 def needed(stages: list[Stage]) -> list[Stage]:
     """The stages the requested configurations need (closed-book and REPLUG alone train nothing)."""
-    want = {s.name for s in stages if s.name.startswith("eval/")}
+    want = {s.name for s in stages if s.name.startswith(("eval/", "retrieval/"))}
     keep: set[str] = set()
     by_name = {s.name: s for s in stages}
 
@@ -287,9 +301,11 @@ def write_report(cfg: PipelineConfig, out: Path, ledger: dict[str, Any]) -> dict
     report = json.loads(md.with_suffix(".json").read_text(encoding="utf-8"))
     report["stage_seconds"] = stage_times
     report["total_seconds"] = round(sum(stage_times.values()), 2)
+    report["retrieval"] = {tower: json.loads((run_paths(out)["retrieval"] / tower / "metrics.json").read_text(encoding="utf-8"))
+                           for tower in ("base", "r-ft") if (run_paths(out)["retrieval"] / tower / "metrics.json").is_file()}
     report["ordering"] = ordering_checks(report)
     atomic_write_json(md.with_suffix(".json"), report)
-    _append(md, report["ordering"], stage_times)
+    _append(md, report["ordering"], report["retrieval"], stage_times)
     return report
 
 
@@ -326,11 +342,19 @@ def ordering_checks(report: dict[str, Any]) -> dict[str, list[str]]:
     return checks
 
 
-def _append(md: Path, ordering: dict[str, list[str]], stage_times: dict[str, float]) -> None:
-    """The ordering checks and the time each stage took (summed over the calls that ran it) under the tables."""
+def _append(md: Path, ordering: dict[str, list[str]], retrieval: dict[str, Any], stage_times: dict[str, float]) -> None:
+    """The ordering checks, the retrieval table and the time each stage took (summed over the calls that
+    ran it) under the report's tables."""
     lines = ["", "## The paper's ordering (Table 6), read off the intervals above", ""]
     for task, checks in ordering.items():
         lines += [f"- {task}:", *[f"  - {c}" for c in checks]]
+    if retrieval:
+        some = next(iter(retrieval.values()))
+        hits = [k for k in some["metrics"] if k.startswith("answer_hit@")]
+        lines += ["", f"## Retrieval: answer-hit@k, {some['n']} questions of {some.get('questions', '')}", "",
+                  "| query tower | " + " | ".join(hits) + " |", "|---|" + "---|" * len(hits)]
+        names = {"base": "base (the index's own)", "r-ft": "R-ft (LSR, Eq. 4-5)"}
+        lines += [f"| {names[t]} | " + " | ".join(f"{m['metrics'][h]:.1f}" for h in hits) + " |" for t, m in retrieval.items()]
     lines += ["", "## Time per stage", "", "| stage | time |", "|---|---|"]
     lines += [f"| {name} | {_fmt_seconds(s)} |" for name, s in stage_times.items()]
     lines.append(f"| total | {_fmt_seconds(sum(stage_times.values()))} |")
