@@ -49,6 +49,12 @@ def test_collectives_are_identities_on_one_process(one_process):
     assert distributed.all_gather_object(obj) == [obj]
     assert distributed.broadcast_object(obj) is obj
     assert distributed.shard_range(5) == range(5)
+    t = torch.tensor([1.0, 2.0])
+    assert distributed.all_reduce_sum(t) is t and t.tolist() == [1.0, 2.0]
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad = torch.ones(2)
+    distributed.sum_gradients([p])
+    assert p.grad.tolist() == [1.0, 1.0]
 
 
 def test_main_only_and_progress_bars_follow_the_rank(one_process, monkeypatch):
@@ -173,6 +179,12 @@ def _worker(out: str) -> None:
     distributed.barrier()
     with distributed.progress_bar(range(2), file=io.StringIO()) as bar:
         bar_off = bar.disable
+    # Gradients: one on both processes, one on rank 1 only (rank 0 had no example), one on neither.
+    both, one, neither = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+    both.grad = torch.full((2,), float(r + 1))
+    if r == 1:
+        one.grad = torch.tensor([5.0, 7.0])
+    distributed.sum_gradients([both, one, neither])
     seen = {
         "rank": r, "world": distributed.world_size(), "local_rank": distributed.local_rank(), "main": distributed.is_main(),
         "device": str(resolve_device("auto")),
@@ -181,6 +193,8 @@ def _worker(out: str) -> None:
         "broadcast": distributed.broadcast_object(f"from rank {r}"),
         "main_only": distributed.main_only(lambda: "ran")(),
         "bar_off": bar_off,
+        "sum": distributed.all_reduce_sum(torch.tensor([r, 10.0 * r])).tolist(),
+        "grads": [both.grad.tolist(), one.grad.tolist(), neither.grad],
     }
     distributed.barrier()
     Path(out, f"rank{r}.json").write_text(json.dumps(seen))
@@ -203,6 +217,8 @@ def test_two_gloo_processes(tmp_path):
         assert seen["all"] == shards
         assert seen["broadcast"] == "from rank 0"
         assert seen["bar_off"] is (r != 0)
+        assert seen["sum"] == [1.0, 10.0]
+        assert seen["grads"] == [[3.0, 3.0], [5.0, 7.0], None]  # summed; missing = zeros; missing everywhere = None
     assert [seen["gathered"] for seen in ranks] == [[0, 10], None]
     assert [seen["main_only"] for seen in ranks] == ["ran", None]
 

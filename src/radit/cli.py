@@ -2,6 +2,7 @@
 
     radit --help
     radit <command> --help
+    torchrun --nproc-per-node 8 -m radit.cli train-retriever --config ...   (train-lm, train-retriever: data-parallel)
 """
 
 from __future__ import annotations
@@ -209,9 +210,12 @@ def cmd_build_lm_data(cfg: LMDataConfig) -> int:
 
 
 def cmd_train_lm(cfg: TrainLMConfig) -> int:
+    from radit.distributed import is_main
     from radit.train.lm_ft import train_lm
 
     report = train_lm(cfg)
+    if not is_main():  # under torchrun / accelerate launch, rank 0 reports
+        return 0
     print(f"fine-tuned model -> {report['model']}")
     best = report.get("best")
     if best:
@@ -230,9 +234,12 @@ def cmd_build_lsr_data(cfg: LSRDataConfig) -> int:
 
 
 def cmd_train_retriever(cfg: TrainRetrieverConfig) -> int:
+    from radit.distributed import is_main
     from radit.train.r_ft import train_retriever
 
     report = train_retriever(cfg)
+    if not is_main():
+        return 0
     print(f"fine-tuned query encoder -> {report['model']} (use it with --query-encoder and the index {report['index']})")
     base, best = report.get("base") or {}, report.get("best") or {}
     for key in ("dev_hit@1", "dev_hit@10", "dev_mrr"):
@@ -288,9 +295,11 @@ _QUIET_SET: dict[str, bool] = {}  # the progress-bar switches a -q run turned on
 
 
 def configure_output(quiet: bool = False, verbose: bool = False) -> None:
-    """radit's own log lines at INFO (DEBUG with -v, WARNING with -q); libraries at WARNING unless -v;
-    with -q no progress bar at all, radit's or a library's."""
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    """radit's own log lines at INFO (DEBUG with -v, WARNING with -q or off rank 0 under a launcher);
+    libraries at WARNING unless -v; with -q no progress bar at all, radit's or a library's."""
+    from radit.distributed import is_main  # here, not at the top: `radit --help` stays free of torch
+
+    level = logging.DEBUG if verbose else logging.WARNING if quiet or not is_main() else logging.INFO  # rank 0 logs
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("radit").setLevel(level)

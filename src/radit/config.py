@@ -558,9 +558,10 @@ class TrainLMConfig:
     """Pack several examples into one sequence, with attention kept within each example (the paper,
     after OPT-IML); off: one padded example per row."""
     batch_size: int = 8
-    """Sequences per micro-batch."""
+    """Sequences per micro-batch, on each process."""
     grad_accum: int = 1
-    """Micro-batches per optimizer step."""
+    """Micro-batches per optimizer step, on each process: a step trains on batch_size x grad_accum x
+    processes sequences, so 2 processes x batch 2 train as 1 process x batch 4 or x batch 2 x grad-accum 2."""
     steps: int = 500
     """Optimizer steps (the paper: 500)."""
     lr: float = 1e-5
@@ -576,7 +577,8 @@ class TrainLMConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Compute precision (autocast); auto: bf16 on a CUDA GPU or a CPU with AMX-BF16, else float32."""
     device: str = "auto"
-    """Torch device (one process; multi-GPU runs come through `accelerate launch`)."""
+    """Torch device; several GPUs: start the same command with `accelerate launch` or torchrun, one
+    process per GPU (auto and cuda then mean each process's own)."""
     seed: int = 0
     """Seed of the data order and the initialisation of new parameters (LoRA)."""
     eval_every: int = 100
@@ -713,7 +715,8 @@ class TrainRetrieverConfig:
     retrieval_temperature: float | None = None
     """T of p_R; default: the index's (MiniLM 0.05, DRAGON+ 1)."""
     batch_size: int = 32
-    """Pairs per optimizer step (the paper: 32 per GPU)."""
+    """Pairs per process per optimizer step (the paper: 32 per GPU): under torchrun / accelerate launch
+    a step trains on batch_size x processes pairs, so 2 processes x 16 train as 1 process x 32."""
     steps: int = 0
     """Optimizer steps; 0: one epoch over the pairs (the paper: one epoch)."""
     lr: float = 1e-5
@@ -737,7 +740,8 @@ class TrainRetrieverConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Encoder compute precision (autocast); weights stay float32."""
     device: str = "auto"
-    """Torch device of the query encoder."""
+    """Torch device of the query encoder (under torchrun / accelerate launch, auto and cuda mean each
+    process's own GPU)."""
     seed: int = 0
     """Seed of the dev split and the data order."""
     overwrite: bool = False

@@ -140,6 +140,49 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     return box[0]
 
 
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` summed over the processes, in place, and returned; itself on one process.
+
+    Any device: a CPU tensor goes through this process's GPU and back under nccl (which only reduces
+    GPU memory), so small statistics can stay on the CPU.
+    """
+    if not is_initialized():
+        return tensor
+    if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+        on_gpu = tensor.to(torch.cuda.current_device())
+        dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+        return tensor.copy_(on_gpu)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def sum_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Sum each parameter's `.grad` over the processes, in place; nothing on one process.
+
+    What DistributedDataParallel does after backward, minus two things: no averaging (the caller
+    divides its loss by the global batch, so the sum is the one-process gradient) and no overlap with
+    backward (one all-reduce per parameter once backward is done: fine for a query tower, whose
+    backward is short). A gradient some processes lack counts as zeros there (a process with no
+    example this step); one that every process lacks stays None, so the optimizer skips that
+    parameter as it would on one process (e.g. a pooler that mean pooling never calls).
+    """
+    if not is_initialized():
+        return
+    params = list(params)
+    if not params:
+        return
+    holders = all_reduce_sum(torch.tensor([float(p.grad is not None) for p in params], device=params[0].device))
+    pending = []
+    for p, n in zip(params, holders.tolist()):
+        if n == 0:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        pending.append(dist.all_reduce(p.grad, op=dist.ReduceOp.SUM, async_op=True))
+    for work in pending:
+        work.wait()
+
+
 def shard_range(n: int, rank: int | None = None, world: int | None = None) -> range:
     """The contiguous part of `range(n)` that process `rank` of `world` takes (defaults: this process's).
 
@@ -172,8 +215,9 @@ def progress_bar(iterable: Iterable[T] | None = None, *, enabled: bool = True, *
     """A tqdm bar (same arguments) shown by rank 0 only, and only when `enabled`.
 
     `disable` is passed only to turn the bar off: an explicit `disable=False` would override
-    TQDM_DISABLE, which `radit -q` sets.
+    TQDM_DISABLE, which `radit -q` sets. That variable is read here, at each bar, because tqdm reads it
+    once, when it is imported, which may be before `radit -q` set it.
     """
-    if not (enabled and is_main()):
+    if not (enabled and is_main()) or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true"):
         kwargs["disable"] = True
     return tqdm(iterable, **kwargs)

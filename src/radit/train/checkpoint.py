@@ -1,15 +1,19 @@
 """Resumable training checkpoints: written atomically, the last few kept, a `latest` pointer written last.
 
     run_dir/checkpoints/
-      step-00000025/        trainable.safetensors  optimizer.pt  rng.pt  state.json  .radit-output
+      step-00000025/        trainable.safetensors  optimizer.pt  rng.pt [rng-1.pt ...]  state.json  .radit-output
       step-00000050/
       latest                "step-00000050"
 
 A checkpoint holds what a training loop needs to continue exactly where it stopped: the trainable
 parameters (all of them for full fine-tuning, the adapters for LoRA, the query tower for retriever
 fine-tuning; frozen weights are reloaded from where they came from), the optimizer's state, the RNG
-states (python, numpy, torch, CUDA) and the loop's own state (step, data position, best score, ...)
-as JSON. It is written into a temporary directory that is renamed into place (`radit.artifacts.
+states (python, numpy, torch, CUDA) of every process (rng.pt: rank 0's, rng-R.pt: rank R's, so that
+each process resumes its own dropout masks) and the loop's own state (step, data position, best
+score, ...) as JSON. Under several processes rank 0 alone writes (the weights and the optimizer state
+are the same everywhere: data-parallel replicas) and every process reads.
+
+A checkpoint is written into a temporary directory that is renamed into place (`radit.artifacts.
 atomic_path`), then `latest` is replaced: a run killed at any moment leaves the previous checkpoint
 intact, and at worst a `.step-*.tmp-*` leftover that `save_checkpoint` removes next time.
 
@@ -86,6 +90,11 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def rng_file(rank: int) -> str:
+    """The file of process `rank`'s RNG states in a checkpoint (rank 0's keeps the one-process name)."""
+    return RNG_FILE if rank == 0 else f"rng-{rank}.pt"
+
+
 def _as_tuple(x: Any) -> Any:
     # random.setstate wants tuples all the way down (version, internal state, gauss).
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
@@ -147,8 +156,23 @@ class Checkpoint:
     def optimizer_state(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         return torch.load(self.path / OPTIMIZER_FILE, map_location=map_location, weights_only=True)
 
-    def rng(self) -> dict[str, Any]:
-        return torch.load(self.path / RNG_FILE, weights_only=True)
+    def rng(self, rank: int = 0) -> dict[str, Any] | None:
+        """Process `rank`'s RNG states; None when the checkpoint was written by fewer processes."""
+        path = self.path / rng_file(rank)
+        return torch.load(path, weights_only=True) if path.is_file() else None
+
+    def restore_rng(self, rank: int, seed: int) -> None:
+        """Put back process `rank`'s RNG states. A process the checkpoint lacks (resumed on more
+        processes than wrote it) is seeded from (seed, rank, step) instead: its own masks from here
+        on, but not the ones an uninterrupted run would have drawn."""
+        state = self.rng(rank)
+        if state is not None:
+            set_rng_state(state)
+            return
+        fresh = int(np.random.SeedSequence([seed, rank, self.step]).generate_state(1)[0])
+        random.seed(fresh)
+        np.random.seed(fresh)
+        torch.manual_seed(fresh)
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -162,6 +186,7 @@ def save_checkpoint(
     optimizer_state: Mapping[str, Any],
     state: Mapping[str, Any],
     keep: int = 2,
+    rng: Sequence[Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write checkpoint `step` atomically under `run_dir/checkpoints`, point `latest` at it, keep the last `keep`.
 
@@ -172,6 +197,8 @@ def save_checkpoint(
         optimizer_state: `optimizer.state_dict()`.
         state: the loop's JSON-serialisable state (data position, best score, ...); `step` is added.
         keep: checkpoints kept (older ones are deleted after `latest` moves on).
+        rng: every process's RNG states in rank order (`radit.distributed.gather_object(rng_state())`);
+            default: this process's alone.
 
     Returns:
         The checkpoint directory.
@@ -185,7 +212,8 @@ def save_checkpoint(
         tmp.mkdir()
         save_weights(tmp / WEIGHTS_FILE, weights)
         torch.save(dict(optimizer_state), tmp / OPTIMIZER_FILE)
-        torch.save(rng_state(), tmp / RNG_FILE)
+        for rank, states in enumerate(rng or [rng_state()]):
+            torch.save(dict(states), tmp / rng_file(rank))
         (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2) + "\n", encoding="utf-8")
     atomic_write_text(root / LATEST, final.name + "\n")  # last: it names only a complete checkpoint
     _prune(root, keep, final.name)

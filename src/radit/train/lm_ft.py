@@ -8,7 +8,15 @@ examples of `radit build-lm-data` (one JSON line each: `prompt` = the rendered `
 Answer:` text, `target` = the continuation, e.g. " Paris"). Full fine-tuning or LoRA (peft), AdamW,
 linear warm-up then cosine decay (`lr_at`), gradient accumulation, clipping, examples packed with
 attention kept within each one (`radit.train.packing`), under `accelerate` (mixed precision from
---dtype; `accelerate launch` runs it data-parallel: untested beyond one process so far).
+--dtype).
+
+Data-parallel under `accelerate launch` or torchrun (the same command, e.g. `accelerate launch
+--config_file configs/accelerate/ddp.yaml -m radit.cli train-lm ...`): a step takes the next
+grad_accum x processes micro-batches of --batch-size rows of the one seeded order, process r the
+r-th, r + processes-th, ...; the loss is normalised by the target tokens of the whole step, so 2
+processes x batch 2 train as 1 process x batch 4 (tests/test_ddp.py). Rank 0 alone evaluates and writes.
+FSDP and DeepSpeed (configs/accelerate/fsdp.yaml, deepspeed-*.yaml) are refused for now
+(`check_data_parallel`): checkpoints and the saved model are rank 0's whole copy.
 
 Dev evaluation, every --eval-every steps and at the end (the paper's early stopping):
 
@@ -59,7 +67,7 @@ from radit.artifacts import (
 )
 from radit.config import InferenceConfig, TrainLMConfig
 from radit.config_io import save_yaml, to_dict
-from radit.distributed import progress_bar, world_size
+from radit.distributed import broadcast_object, gather_object, progress_bar, world_size
 from radit.lm.inputs import IGNORE_INDEX, pad_id
 from radit.lm.model import load_lm, logits_to_keep_supported, model_device
 from radit.lm.scoring import target_logprobs
@@ -71,9 +79,9 @@ from radit.train.checkpoint import (
     load_best,
     load_trainable,
     read_metrics,
+    rng_state,
     save_best,
     save_checkpoint,
-    set_rng_state,
     start_run_dir,
     trainable_state,
     truncate_metrics,
@@ -308,7 +316,8 @@ def model_card(cfg: TrainLMConfig, summary: dict[str, Any]) -> str:
         f"{summary['skipped_too_long']} skipped as longer than {cfg.max_length} tokens)",
         f"- method: {cfg.method}" + (f" (r={cfg.lora.r}, alpha={cfg.lora.alpha}, {'merged' if not adapter else 'adapter only'})"
                                      if cfg.method == "lora" else ""),
-        f"- steps: {cfg.steps} x {cfg.batch_size} rows x {cfg.grad_accum} accumulation, {cfg.max_length} tokens per row"
+        f"- steps: {cfg.steps} x {cfg.batch_size} rows x {cfg.grad_accum} accumulation x {summary.get('processes', 1)} "
+        f"process(es), {cfg.max_length} tokens per row"
         f"{' (packed)' if cfg.pack else ''}; lr {cfg.lr} -> {cfg.min_lr}, {cfg.warmup_steps} warm-up steps; dtype {summary['dtype']}",
         f"- saved: step {best.get('step', cfg.steps)} (dev EM {_fmt(best.get('dev_em'))}, dev loss {_fmt(best.get('dev_loss'))}); "
         f"final train loss {_fmt(summary.get('train_loss'))}",
@@ -353,7 +362,24 @@ def _make_accelerator(cfg: TrainLMConfig, dtype: str):
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)
     # Gradient accumulation is done by hand (normalised by the step's target tokens), so accelerate's is off.
-    return Accelerator(cpu=device.type == "cpu", mixed_precision=_MIXED_PRECISION[dtype], gradient_accumulation_steps=1)
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=_MIXED_PRECISION[dtype], gradient_accumulation_steps=1)
+    check_data_parallel(accelerator.distributed_type)
+    return accelerator
+
+
+def check_data_parallel(distributed_type) -> None:
+    """Refuse accelerate's sharded modes: the loop saves checkpoints and the model from rank 0's
+    whole copy of the weights and the optimizer state, which FSDP and DeepSpeed split over the processes.
+
+    Raises:
+        ValueError: `distributed_type` (an `accelerate.DistributedType`) is FSDP, DeepSpeed or Megatron-LM.
+    """
+    from accelerate.utils import DistributedType
+
+    if distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        raise ValueError(f"train-lm runs data-parallel only (DDP, e.g. accelerate launch --config_file "
+                         f"configs/accelerate/ddp.yaml); accelerate's {distributed_type.value} shards the weights and "
+                         "the optimizer state, which its checkpoints and saved model do not handle yet")
 
 
 # --------------------------------------------------------------------------- the loop
@@ -442,9 +468,12 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw(params, lr_at(1, cfg), cfg.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = accelerator.prepare(model, optimizer)  # under DDP: rank 0's weights on every process
+    if rank:
+        set_seed(cfg.seed + rank)  # dropout: each process its own masks (rank 0 draws the one-process run's)
 
     # ---------------------------------------------------------------- the run directory (first write)
+    accelerator.wait_for_everyone()  # every process has inspected --output before rank 0 changes it
     if main:
         start_run_dir(out, cfg, _MARKER_NAME, RUN_FILES, overwrite=action == "overwrite")
         truncate_metrics(out / "metrics.jsonl", ckpt.step if ckpt else 0)
@@ -453,10 +482,16 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
     if ckpt is not None:
         load_trainable(accelerator.unwrap_model(model), ckpt.weights())
         optimizer.load_state_dict(ckpt.optimizer_state())
-        set_rng_state(ckpt.rng())
+        ckpt.restore_rng(rank, cfg.seed)
+        # The position is counted in micro-batches, which do not depend on the number of processes.
         step, epoch, index = ckpt.step, ckpt.state["epoch"], ckpt.state["batch_index"]
         best, total_tokens, train_loss = ckpt.state.get("best"), ckpt.state.get("tokens", 0), ckpt.state.get("train_loss")
         log.info("resuming from %s (step %d)", ckpt.path, step)
+        saved_world = ckpt.state.get("processes", 1)
+        if saved_world != world and main:
+            log.warning("%s was written by %d process(es), this run has %d: from step %d on, a step trains on %d "
+                        "micro-batches instead of %d", ckpt.path, saved_world, world, step + 1, cfg.grad_accum * world,
+                        cfg.grad_accum * saved_world)
     selecting = bool(dev_batches or questions)  # else the last step is the model
     n_dev = sum(x is not None for x in dev_pairs)
 
@@ -517,10 +552,12 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
                 metrics_file.flush()
 
             if step % cfg.checkpoint_every == 0:
+                rngs = gather_object(rng_state())  # each process's dropout stream
                 if main:
-                    state = {"epoch": epoch, "batch_index": index, "seed": cfg.seed, "best": best,
-                             "tokens": total_tokens, "train_loss": train_loss, "data_sha256": data_sha}
-                    save_checkpoint(out, step, trainable_state(accelerator.unwrap_model(model)), optimizer.state_dict(), state)
+                    state = {"epoch": epoch, "batch_index": index, "seed": cfg.seed, "best": best, "tokens": total_tokens,
+                             "train_loss": train_loss, "data_sha256": data_sha, "processes": world}
+                    save_checkpoint(out, step, trainable_state(accelerator.unwrap_model(model)), optimizer.state_dict(), state,
+                                    rng=rngs)
                 accelerator.wait_for_everyone()
     finally:
         bar.close()
@@ -528,7 +565,7 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
             metrics_file.close()
 
     # ---------------------------------------------------------------- save the best evaluation's model
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] | None = None
     if main:
         final = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
         if selecting and best is not None and best["step"] != step:
@@ -538,15 +575,15 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
             "model": str(out / "model"), "output": str(out), "method": cfg.method, "steps": cfg.steps,
             "best": best if selecting else None, "train_loss": train_loss,
             "examples": sum(n is not None for n in lengths), "dev_examples": n_dev,
-            "skipped_too_long": skipped + dev_skipped, "tokens": total_tokens, "dtype": dtype,
+            "skipped_too_long": skipped + dev_skipped, "tokens": total_tokens, "dtype": dtype, "processes": world,
             "resumed_from": ckpt.step if ckpt else None, "seconds": seconds, "machine": machine_info(device),
         }
         save_model(final, tokenizer, cfg, summary)
         plot_loss(out / "metrics.jsonl", out / "loss.png")
         atomic_write_json(out / "metrics.json", summary)  # the run is finished once this exists
         shutil.rmtree(out / "best", ignore_errors=True)  # model/ holds these weights now
-    accelerator.wait_for_everyone()
-    return summary
+    # Every process returns the summary, and only once rank 0 has written everything.
+    return broadcast_object(summary)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,6 +30,13 @@ The run directory (--output):
 
 A rerun of the same command resumes from the latest checkpoint (only --device, --checkpoint-every and
 --overwrite may change); --overwrite starts over.
+
+Data-parallel under torchrun or `accelerate launch` (the same command, e.g. `torchrun --nproc-per-node 8
+-m radit.cli train-retriever ...`): a step trains on --batch-size pairs per process, the next
+batch_size x processes pairs of the one seeded order, each process encoding its contiguous share with
+gradients; the loss is the mean over all of them and the gradients are summed over the processes
+(`radit.distributed.sum_gradients`), so 2 processes x batch 16 train as 1 process x batch 32. Rank 0
+alone evaluates and writes; every process holds the index's document vectors.
 """
 
 from __future__ import annotations
@@ -46,10 +53,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from radit import distributed
 from radit.artifacts import atomic_path, atomic_write_json
 from radit.config import TrainRetrieverConfig
 from radit.config_io import save_yaml, to_dict
-from radit.distributed import progress_bar
 from radit.runtime import autocast, machine_info, resolve_device, resolve_dtype
 from radit.train.checkpoint import (
     inspect_run_dir,
@@ -57,9 +64,9 @@ from radit.train.checkpoint import (
     load_best,
     load_trainable,
     read_metrics,
+    rng_state,
     save_best,
     save_checkpoint,
-    set_rng_state,
     start_run_dir,
     trainable_state,
     truncate_metrics,
@@ -106,10 +113,10 @@ def dev_split(n: int, n_dev: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[n_dev:]), np.sort(perm[:n_dev])
 
 
-def batch_order(n_train: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """The batches of one epoch: a seeded permutation of range(n_train), cut into `batch_size` pieces."""
-    perm = np.random.default_rng([seed, 4, epoch]).permutation(n_train)
-    return [perm[i : i + batch_size] for i in range(0, n_train, batch_size)]
+def epoch_order(n_train: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of one epoch's pairs: a permutation of range(n_train) seeded by (seed, epoch). Steps
+    take consecutive pieces of it, whatever the number of processes."""
+    return np.random.default_rng([seed, 4, epoch]).permutation(n_train)
 
 
 def query_scores(encoder, queries: list[str], doc_vectors: torch.Tensor, dtype: str) -> torch.Tensor:
@@ -161,7 +168,7 @@ def evaluate(encoder, searcher, questions, ks: Sequence[int], dev: dict[str, Any
             result.update({f"dev_hit@{k}": 100.0 * v / len(questions) for k, v in hit.items()})
         if dev["queries"]:
             scores = torch.cat([query_scores(encoder, dev["queries"][i : i + 128], dev["docs"][i : i + 128], dtype)
-                                for i in range(0, len(dev["queries"]), 128)])
+                                for i in range(0, len(dev["queries"]), 128)]).cpu()  # where the targets are
             result["dev_mrr"] = preferred_chunk_mrr(scores, dev["logprob"], dev["mask"])
             result["dev_loss"] = float(lsr_loss(scores, dev["log_p_lsr"], temperature, cfg.kl_direction, dev["mask"]))
     finally:
@@ -219,7 +226,7 @@ def model_card(cfg: TrainRetrieverConfig, summary: dict[str, Any]) -> str:
         f"{summary['dev_pairs']} held out",
         f"- loss: KL direction {cfg.kl_direction}; p_LSR of task pairs {cfg.task_target} (tau {cfg.task_tau}), of corpus "
         f"pairs {cfg.corpus_target} (tau {cfg.corpus_tau}); p_R temperature {summary['retrieval_temperature']}",
-        f"- steps: {summary['steps']} x {cfg.batch_size} pairs; lr {cfg.lr}, {cfg.warmup_steps} warm-up steps; dtype {summary['dtype']}",
+        f"- steps: {summary['steps']} x {cfg.batch_size} pairs x {summary.get('processes', 1)} process(es); lr {cfg.lr}, {cfg.warmup_steps} warm-up steps; dtype {summary['dtype']}",
         f"- dev (first {cfg.eval_questions} questions of `{EVAL_QUESTIONS}`): answer-hit@1 {fmt(base.get('dev_hit@1'))} "
         f"-> {fmt(best.get('dev_hit@1'))}; MRR of the LM-preferred chunk {fmt(base.get('dev_mrr'))} -> "
         f"{fmt(best.get('dev_mrr'))} (saved: step {best.get('step')})",
@@ -268,6 +275,9 @@ def train_retriever(cfg: TrainRetrieverConfig) -> dict[str, Any]:
         return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     ckpt = latest_checkpoint(out) if action == "resume" else None
 
+    distributed.init(cfg.device)  # under torchrun / accelerate launch: join the other processes; else nothing
+    rank, world = distributed.rank(), distributed.world_size()
+    main = rank == 0
     searcher = load_searcher(index_dir, query_encoder=cfg.query_encoder, device=cfg.device)  # checks dim and pooling
     if not isinstance(searcher, DenseSearcher):
         raise ValueError(f"--index {index_dir} is not a dense index; R-ft needs stored document vectors")
@@ -290,112 +300,141 @@ def train_retriever(cfg: TrainRetrieverConfig) -> dict[str, Any]:
     dev = {"queries": [cache.queries[i] for i in dev_idx], "docs": docs(dev_idx), "logprob": torch.from_numpy(cache.logprob[dev_idx]),
            "mask": mask[dev_idx], "log_p_lsr": log_p_lsr[dev_idx]}
     questions = []
-    if cfg.eval_questions:
+    if cfg.eval_questions and main:
         from radit.data.qa import load_questions
 
         questions = load_questions(EVAL_QUESTIONS, limit=cfg.eval_questions, require_answers=True)
-    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-    total = cfg.steps or steps_per_epoch
+    per_step = cfg.batch_size * world  # pairs per optimizer step, over all processes
+    total = cfg.steps or math.ceil(len(train_idx) / per_step)
 
-    torch.manual_seed(cfg.seed)  # dropout
+    torch.manual_seed(cfg.seed + rank)  # dropout: each process its own masks (rank 0 draws the one-process run's)
     encoder.train()
     params = [p for p in encoder.parameters() if p.requires_grad]
     optimizer = adamw(params, lr_at(1, total, cfg), cfg.weight_decay)
 
     # ---------------------------------------------------------------- the run directory (first write)
-    start_run_dir(out, cfg, _MARKER_NAME, RUN_FILES, overwrite=action == "overwrite")
-    truncate_metrics(out / "metrics.jsonl", ckpt.step if ckpt else -1)
+    distributed.barrier()  # every process has inspected --output before rank 0 changes it
+    if main:
+        start_run_dir(out, cfg, _MARKER_NAME, RUN_FILES, overwrite=action == "overwrite")
+        truncate_metrics(out / "metrics.jsonl", ckpt.step if ckpt else -1)
 
-    step, epoch, index, best, base, train_loss = 0, 0, 0, None, None, None
+    step, epoch, offset, best, base, train_loss = 0, 0, 0, None, None, None
     if ckpt is not None:
         load_trainable(encoder, ckpt.weights())
         optimizer.load_state_dict(ckpt.optimizer_state())
-        set_rng_state(ckpt.rng())
-        step, epoch, index = ckpt.step, ckpt.state["epoch"], ckpt.state["batch_index"]
+        ckpt.restore_rng(rank, cfg.seed)
+        step, epoch = ckpt.step, ckpt.state["epoch"]
+        # The position is counted in pairs, so a run resumed on another number of processes goes on
+        # from the first pair not yet trained on (checkpoints before "offset": one process, batch_index steps).
+        offset = ckpt.state["offset"] if "offset" in ckpt.state else ckpt.state["batch_index"] * cfg.batch_size
         best, base, train_loss = ckpt.state.get("best"), ckpt.state.get("base"), ckpt.state.get("train_loss")
         log.info("resuming from %s (step %d)", ckpt.path, step)
+        saved_world = ckpt.state.get("processes", 1)
+        if saved_world != world and main:
+            log.warning("%s was written by %d process(es), this run has %d: from step %d on, a step trains on %d pairs "
+                        "instead of %d", ckpt.path, saved_world, world, step + 1, per_step, cfg.batch_size * saved_world)
 
-    metrics_file = open(out / "metrics.jsonl", "a", encoding="utf-8")
+    metrics_file = open(out / "metrics.jsonl", "a", encoding="utf-8") if main else None
 
     def run_eval(at_step: int) -> None:
+        """Evaluate on rank 0 while the others wait (the tower is the same everywhere)."""
         nonlocal best, base
-        t_eval = time.perf_counter()
-        result = {"kind": "eval", "step": at_step,
-                  **evaluate(encoder, searcher, questions, cfg.eval_ks, dev, temperature, cfg, dtype),
-                  "seconds": time.perf_counter() - t_eval}
-        metrics_file.write(json.dumps(result) + "\n")
-        metrics_file.flush()
-        log.info("step %d: %s", at_step, ", ".join(f"{k} {v:.4g}" for k, v in result.items() if k.startswith("dev_")))
-        if base is None:
-            base = {k: v for k, v in result.items() if k.startswith("dev_")}
-        if is_better(result, best):
-            best = {k: v for k, v in result.items() if k == "step" or k.startswith("dev_")}
-            save_best(out, trainable_state(encoder), best)
+        if main:
+            t_eval = time.perf_counter()
+            result = {"kind": "eval", "step": at_step,
+                      **evaluate(encoder, searcher, questions, cfg.eval_ks, dev, temperature, cfg, dtype),
+                      "seconds": time.perf_counter() - t_eval}
+            metrics_file.write(json.dumps(result) + "\n")
+            metrics_file.flush()
+            log.info("step %d: %s", at_step, ", ".join(f"{k} {v:.4g}" for k, v in result.items() if k.startswith("dev_")))
+            if base is None:
+                base = {k: v for k, v in result.items() if k.startswith("dev_")}
+            if is_better(result, best):
+                best = {k: v for k, v in result.items() if k == "step" or k.startswith("dev_")}
+                save_best(out, trainable_state(encoder), best)
+        distributed.barrier()
 
     # ---------------------------------------------------------------- fit
-    bar = progress_bar(total=total, initial=step, desc="train-retriever", unit="step")
+    bar = distributed.progress_bar(total=total, initial=step, desc="train-retriever", unit="step")
     try:
         if step == 0:
             run_eval(0)  # the starting tower: the baseline every later evaluation is compared with
-        plan = batch_order(len(train_idx), cfg.batch_size, cfg.seed, epoch)
+        order = epoch_order(len(train_idx), cfg.seed, epoch)
         while step < total:
-            if index >= len(plan):
-                epoch, index = epoch + 1, 0
-                plan = batch_order(len(train_idx), cfg.batch_size, cfg.seed, epoch)
-            idx = train_idx[plan[index]]
-            index += 1
+            if offset >= len(order):
+                epoch, offset = epoch + 1, 0
+                order = epoch_order(len(train_idx), cfg.seed, epoch)
+            idx = train_idx[order[offset : offset + per_step]]  # this step's pairs, all processes together
+            offset += len(idx)
+            share = distributed.shard_range(len(idx))
+            mine = idx[share.start : share.stop]  # this process's; the last step of an epoch may leave it none
             step += 1
             t0 = time.perf_counter()
             lr = lr_at(step, total, cfg)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            scores = query_scores(encoder, [cache.queries[i] for i in idx], docs(idx), dtype)  # [B, k], grads to E_q
-            loss = lsr_loss(scores, log_p_lsr[idx], temperature, cfg.kl_direction, mask[idx])
-            loss.backward()
+            # Eq. 5 averaged over the step's pairs on every process: this share's KL sum / the step's pair
+            # count; `sum_gradients` then adds the shares up to the one-process gradient.
+            totals = torch.zeros(2, dtype=torch.float64)  # this share's KL sum and top-1 agreements
+            if len(mine):
+                scores = query_scores(encoder, [cache.queries[i] for i in mine], docs(mine), dtype)  # [b, k], grads to E_q
+                share_mask, share_lsr = mask[mine].to(device), log_p_lsr[mine].to(device)
+                loss = lsr_loss(scores, share_lsr, temperature, cfg.kl_direction, share_mask)  # mean over the share
+                (loss * (len(mine) / len(idx))).backward()
+                totals[0] = float(loss.detach()) * len(mine)
+                totals[1] = int((scores.detach().masked_fill(~share_mask, -math.inf).argmax(-1) == share_lsr.argmax(-1)).sum())
+            distributed.sum_gradients(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            train_loss = float(loss.detach())
+            train_loss, agree = (float(x) / len(idx) for x in distributed.all_reduce_sum(totals))
             seconds = time.perf_counter() - t0
-            agree = float((scores.detach().masked_fill(~mask[idx], -math.inf).argmax(-1)
-                           == log_p_lsr[idx].argmax(-1)).double().mean())
             record = {"kind": "train", "step": step, "epoch": epoch, "loss": train_loss, "lr": lr,
                       "grad_norm": float(grad_norm), "top1_agreement": agree, "pairs": len(idx),
                       "pairs_per_s": len(idx) / seconds, "seconds": seconds}
-            metrics_file.write(json.dumps(record) + "\n")
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.4f}", pairs_s=f"{len(idx) / seconds:.0f}", lr=f"{lr:.2e}")
+            if main:
+                metrics_file.write(json.dumps(record) + "\n")
             if step % cfg.eval_every == 0 or step == total:
                 run_eval(step)
-            metrics_file.flush()
+            if main:
+                metrics_file.flush()
             if step % cfg.checkpoint_every == 0 and step < total:
-                state = {"epoch": epoch, "batch_index": index, "seed": cfg.seed, "best": best, "base": base,
-                         "train_loss": train_loss}
-                save_checkpoint(out, step, trainable_state(encoder), optimizer.state_dict(), state)
+                rngs = distributed.gather_object(rng_state())  # each process's dropout stream
+                if main:
+                    state = {"epoch": epoch, "offset": offset, "seed": cfg.seed, "best": best, "base": base,
+                             "train_loss": train_loss, "processes": world}
+                    save_checkpoint(out, step, trainable_state(encoder), optimizer.state_dict(), state, rng=rngs)
+                distributed.barrier()
     finally:
         bar.close()
-        metrics_file.close()
+        if metrics_file is not None:
+            metrics_file.close()
 
-    # ---------------------------------------------------------------- save the best evaluation's tower
-    if best is not None and best["step"] != step:
-        load_trainable(encoder, load_best(out, best["step"]))
-    encoder.eval()
-    summary = {
-        "model": str(out / "model"), "output": str(out), "index": str(index_dir), "lm": cache.manifest["lm"]["spec"],
-        "start_encoder": cfg.query_encoder or searcher.spec.query_model, "steps": total, "best": best, "base": base,
-        "train_loss": train_loss, "pairs": len(cache.ids), "trained_on": len(train_idx), "corpus_pairs": int((cache.kinds == "corpus").sum()),
-        "task_pairs": int((cache.kinds == "task").sum()), "dev_pairs": len(dev_idx),
-        "retrieval_temperature": temperature, "dtype": dtype, "resumed_from": ckpt.step if ckpt else None,
-        "seconds": time.perf_counter() - t_start, "machine": machine_info(device),
-    }
-    with atomic_path(out / "model", kind="dir") as tmp:
-        encoder.save(tmp)
-        save_yaml(cfg, tmp / "radit_train_config.yaml")
-        (tmp / "README.md").write_text(model_card(cfg, summary), encoding="utf-8")
-    plot_curve(out / "metrics.jsonl", out / "curve.png")
-    atomic_write_json(out / "metrics.json", summary)  # the run is finished once this exists
-    shutil.rmtree(out / "best", ignore_errors=True)
-    return summary
+    # ---------------------------------------------------------------- save the best evaluation's tower (rank 0)
+    summary = None
+    if main:
+        if best is not None and best["step"] != step:
+            load_trainable(encoder, load_best(out, best["step"]))
+        encoder.eval()
+        summary = {
+            "model": str(out / "model"), "output": str(out), "index": str(index_dir), "lm": cache.manifest["lm"]["spec"],
+            "start_encoder": cfg.query_encoder or searcher.spec.query_model, "steps": total, "best": best, "base": base,
+            "train_loss": train_loss, "pairs": len(cache.ids), "trained_on": len(train_idx), "corpus_pairs": int((cache.kinds == "corpus").sum()),
+            "task_pairs": int((cache.kinds == "task").sum()), "dev_pairs": len(dev_idx), "processes": world,
+            "retrieval_temperature": temperature, "dtype": dtype, "resumed_from": ckpt.step if ckpt else None,
+            "seconds": time.perf_counter() - t_start, "machine": machine_info(device),
+        }
+        with atomic_path(out / "model", kind="dir") as tmp:
+            encoder.save(tmp)
+            save_yaml(cfg, tmp / "radit_train_config.yaml")
+            (tmp / "README.md").write_text(model_card(cfg, summary), encoding="utf-8")
+        plot_curve(out / "metrics.jsonl", out / "curve.png")
+        atomic_write_json(out / "metrics.json", summary)  # the run is finished once this exists
+        shutil.rmtree(out / "best", ignore_errors=True)
+    # Every process returns the summary, and only once rank 0 has written everything.
+    return distributed.broadcast_object(summary)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
