@@ -190,3 +190,15 @@ def test_a_field_added_with_its_default_keeps_the_key():
     assert stage_key(Stage("s", After(steps=3), print), {}) == key
     assert stage_key(Stage("s", After(steps=3, new_option="x"), print), {}) != key
     assert stage_key(Stage("s", Before(steps=4), print), {}) != key
+
+
+def test_each_task_may_have_its_own_question_count(recipe):
+    import dataclasses
+
+    from radit.pipeline import eval_config
+
+    ev = dataclasses.replace(recipe.eval, tasks=["squad-open", "nq-open"], limit=200, limits=[200, 100])
+    cfg = dataclasses.replace(recipe, eval=ev)
+    assert [eval_config(cfg, Path(cfg.output), t, "replug").limit for t in ev.tasks] == [200, 100]
+    with pytest.raises(ValueError, match="one count >= 1 per task"):
+        dataclasses.replace(ev, limits=[100])

@@ -785,6 +785,8 @@ class PipelineEvalConfig:
     """Tasks of `radit eval` (squad-open is bundled; nq-open, triviaqa, ... read --data-dir)."""
     limit: int | None = 200
     """Questions per task: the first N of its test split (unset: all)."""
+    limits: list[int] = dataclasses.field(default_factory=list)
+    """Questions of each task, in --eval.tasks order, where they should differ (empty: --eval.limit for all)."""
     configurations: list[Literal["closed-book", "replug", "lm-ft", "r-ft", "ra-dit"]] = dataclasses.field(
         default_factory=lambda: list(CONFIGURATIONS))
     """Rows of the report: closed-book (base LM, no retrieval), replug (base LM + base retriever, Eq. 2),
@@ -812,6 +814,8 @@ class PipelineEvalConfig:
             raise ValueError(f"--eval.configurations: give each of {', '.join(CONFIGURATIONS)} at most once")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--eval.limit must be >= 1 (or unset for all questions), got {self.limit}")
+        if self.limits and (len(self.limits) != len(self.tasks) or min(self.limits) < 1):
+            raise ValueError(f"--eval.limits: give one count >= 1 per task of --eval.tasks ({len(self.tasks)}), got {self.limits}")
         if self.shots < 0 or self.ft_shots < 0:
             raise ValueError("--eval.shots and --eval.ft-shots must be >= 0")
         if self.resamples < 100:

@@ -102,7 +102,8 @@ def eval_config(cfg: PipelineConfig, out: Path, task: str, row: str, overwrite: 
     return EvalConfig(
         task=task, model=model, index=None if row == "closed-book" else str(paths["index"]),
         query_encoder=str(paths["r_ft"] / "model") if ft_retriever else None, inference=inference,
-        shots=cfg.eval.ft_shots if ft_lm else cfg.eval.shots, limit=cfg.eval.limit,
+        shots=cfg.eval.ft_shots if ft_lm else cfg.eval.shots,
+        limit=cfg.eval.limits[cfg.eval.tasks.index(task)] if cfg.eval.limits else cfg.eval.limit,
         output=str(paths["eval"] / task_slug(task) / row), data_dir=cfg.eval.data_dir, device=cfg.device, overwrite=overwrite)
 
 
