@@ -113,15 +113,19 @@ def wide_encoder_dir(tmp_path_factory, tiny_encoder_dir) -> Path:
     return path
 
 
-@pytest.fixture
-def passages_file(tmp_path) -> Path:
-    path = tmp_path / "passages.jsonl"
+def write_passages(path: Path) -> Path:
+    """The 20 PASSAGES as a passages file (ids `{doc}#{chunk}`, as `radit corpus` writes them)."""
     counts: dict[str, int] = {}
     with open(path, "w", encoding="utf-8") as f:
         for doc, title, text in PASSAGES:
             i = counts[doc] = counts.get(doc, -1) + 1
             f.write(json.dumps({"id": f"{doc}#{i}", "doc_id": doc, "title": title, "text": text}) + "\n")
     return path
+
+
+@pytest.fixture
+def passages_file(tmp_path) -> Path:
+    return write_passages(tmp_path / "passages.jsonl")
 
 
 @pytest.fixture(scope="session")

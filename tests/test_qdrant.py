@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PASSAGES
+from conftest import write_passages
 
 from radit import cli
 from radit.config import EncoderConfig, IndexConfig, QdrantConfig
@@ -26,15 +26,6 @@ from radit.retriever.search import DenseSearcher, load_searcher
 qdrant_client = pytest.importorskip("qdrant_client")
 
 QUESTIONS = ["who founded the Ming dynasty?", "when was the Eiffel Tower completed?", "how many keys does a piano have?"]
-
-
-def write_passages(path: Path) -> Path:
-    counts: dict[str, int] = {}
-    with open(path, "w", encoding="utf-8") as f:
-        for doc, title, text in PASSAGES:
-            i = counts[doc] = counts.get(doc, -1) + 1
-            f.write(json.dumps({"id": f"{doc}#{i}", "doc_id": doc, "title": title, "text": text}) + "\n")
-    return path
 
 
 def index_cfg(passages: Path, out: Path, encoder_dir: Path, **kw) -> IndexConfig:

@@ -39,7 +39,7 @@ from radit.artifacts import atomic_write_json
 from radit.config import QdrantConfig
 from radit.distributed import progress_bar
 from radit.retriever.manifest import IndexMismatchError, rebuild_hint
-from radit.retriever.shards import ShardedVectors, load_shard_ids
+from radit.retriever.shards import ShardedVectors, load_shard_ids, vector_rows
 
 log = logging.getLogger(__name__)
 
@@ -261,12 +261,7 @@ class QdrantIndex:
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """rows [...] int -> float32 [..., dim], fetched from Qdrant; rows < 0 (no hit) give zero vectors."""
-        rows = np.asarray(rows)
-        flat = rows.reshape(-1)
-        if flat.size and flat.max() >= self.count:
-            raise IndexError(f"row {int(flat.max())} is out of range: the index holds {self.count} passages")
-        out = np.zeros((len(flat), self.dim), dtype=np.float32)
-        valid = flat >= 0
+        rows, flat, out, valid = vector_rows(rows, self.count, self.dim)
         wanted = np.unique(flat[valid])  # sorted; retrieve once per distinct row
         found: dict[int, Any] = {}
         with self._requests():

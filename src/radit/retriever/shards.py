@@ -106,15 +106,20 @@ class ShardedVectors:
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         """rows [...] int -> float32 [..., dim]; rows < 0 (no hit) give zero vectors."""
-        rows = np.asarray(rows)
-        flat = rows.reshape(-1)
-        if flat.size and flat.max() >= self.count:
-            raise IndexError(f"row {int(flat.max())} is out of range: the index holds {self.count} passages")
-        out = np.zeros((len(flat), self.dim), dtype=np.float32)
-        valid = flat >= 0
+        rows, flat, out, valid = vector_rows(rows, self.count, self.dim)
         shard, offset = np.divmod(flat[valid], self.shard_size)
         dest = np.flatnonzero(valid)
         for s in np.unique(shard):
             sel = shard == s
             out[dest[sel]] = self.shards[s][offset[sel]]
         return out.reshape(*rows.shape, self.dim)
+
+
+def vector_rows(rows: np.ndarray, count: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What a vector lookup by index row starts from: (rows, rows flattened, zero vectors [n, dim] to
+    fill, mask of the rows >= 0: a -1 row is "no hit" and keeps its zero vector). A row past `count` is an error."""
+    rows = np.asarray(rows)
+    flat = rows.reshape(-1)
+    if flat.size and flat.max() >= count:
+        raise IndexError(f"row {int(flat.max())} is out of range: the index holds {count} passages")
+    return rows, flat, np.zeros((len(flat), dim), dtype=np.float32), flat >= 0
