@@ -113,11 +113,11 @@ def wide_encoder_dir(tmp_path_factory, tiny_encoder_dir) -> Path:
     return path
 
 
-def write_passages(path: Path) -> Path:
-    """The 20 PASSAGES as a passages file (ids `{doc}#{chunk}`, as `radit corpus` writes them)."""
+def write_passages(path: Path, passages=PASSAGES) -> Path:
+    """(doc, title, text) rows (the 20 PASSAGES) as a passages file, ids `{doc}#{chunk}` as `radit corpus` writes them."""
     counts: dict[str, int] = {}
     with open(path, "w", encoding="utf-8") as f:
-        for doc, title, text in PASSAGES:
+        for doc, title, text in passages:
             i = counts[doc] = counts.get(doc, -1) + 1
             f.write(json.dumps({"id": f"{doc}#{i}", "doc_id": doc, "title": title, "text": text}) + "\n")
     return path

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PASSAGES
+from conftest import PASSAGES, write_passages
 
 from radit import cli
 from radit.config import EncoderConfig, HybridConfig, IndexConfig
@@ -97,15 +97,6 @@ def test_sum_by_row_equals_naive(k):
 # --------------------------------------------------------------------------------------------------
 # A hybrid index over tiny dense + BM25 indexes
 # --------------------------------------------------------------------------------------------------
-
-
-def write_passages(path: Path, passages=PASSAGES) -> Path:
-    counts: dict[str, int] = {}
-    with open(path, "w", encoding="utf-8") as f:
-        for doc, title, text in passages:
-            i = counts[doc] = counts.get(doc, -1) + 1
-            f.write(json.dumps({"id": f"{doc}#{i}", "doc_id": doc, "title": title, "text": text}) + "\n")
-    return path
 
 
 def dense_cfg(passages: Path, out: Path, encoder_dir: Path) -> IndexConfig:

@@ -88,7 +88,7 @@ def _documents(cfg: PipelineConfig, out: Path) -> list[str]:
     return [str(subset)]
 
 
-def eval_config(cfg: PipelineConfig, out: Path, task: str, row: str, overwrite: bool = False) -> EvalConfig:
+def eval_config(cfg: PipelineConfig, out: Path, task: str, row: str) -> EvalConfig:
     """The `radit eval` settings of one row of the report."""
     paths = run_paths(out)
     ft_lm, ft_retriever = ROWS[row]
@@ -104,7 +104,7 @@ def eval_config(cfg: PipelineConfig, out: Path, task: str, row: str, overwrite: 
         query_encoder=str(paths["r_ft"] / "model") if ft_retriever else None, inference=inference,
         shots=cfg.eval.ft_shots if ft_lm else cfg.eval.shots,
         limit=cfg.eval.limits[cfg.eval.tasks.index(task)] if cfg.eval.limits else cfg.eval.limit,
-        output=str(paths["eval"] / task_slug(task) / row), data_dir=cfg.eval.data_dir, device=cfg.device, overwrite=overwrite)
+        output=str(paths["eval"] / task_slug(task) / row), data_dir=cfg.eval.data_dir, device=cfg.device)
 
 
 def plan(cfg: PipelineConfig, out: Path) -> list[Stage]:
