@@ -202,3 +202,13 @@ def test_each_task_may_have_its_own_question_count(recipe):
     assert [eval_config(cfg, Path(cfg.output), t, "replug").limit for t in ev.tasks] == [200, 100]
     with pytest.raises(ValueError, match="one count >= 1 per task"):
         dataclasses.replace(ev, limits=[100])
+
+
+def test_a_broken_ledger_is_a_one_line_error_and_nothing_is_written(recipe):
+    out = Path(recipe.output)
+    out.mkdir()
+    (out / ".radit-output").write_text('{"written_by": "radit", "output": "pipeline"}\n')
+    (out / LEDGER).write_text("{not json")
+    with pytest.raises(ValueError, match="pipeline.json: not a pipeline ledger radit wrote"):
+        run_pipeline(recipe)
+    assert sorted(p.name for p in out.iterdir()) == [".radit-output", LEDGER]

@@ -251,9 +251,9 @@ def run_pipeline(cfg: PipelineConfig, runners: dict[str, Callable[[Any], Any]] |
     """
     out = Path(cfg.output)
     _start(out)
+    ledger = _read_ledger(out)  # a broken ledger stops the run before anything is written
     save_yaml(cfg, out / "config.yaml")
     stages = needed(plan(cfg, out))
-    ledger = _read_ledger(out)
     keys: dict[str, str] = {}
     t_all = time.perf_counter()
     for i, stage in enumerate(stages, 1):
