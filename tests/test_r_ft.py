@@ -135,7 +135,7 @@ def digest(folder: Path) -> dict[str, str]:
 
 
 def test_build_lsr_data_writes_pairs_scores_and_a_manifest(tmp_path, tiny_index, tiny_lm_dir, qa_source):
-    from radit.train.lsr_data import read_cache
+    from radit.train.lsr_cache import read_cache
 
     cfg = lsr_config(tmp_path, tiny_index, tiny_lm_dir, qa_source)
     manifest = build_lsr_data_quiet(cfg)
@@ -166,7 +166,7 @@ def build_lsr_data_quiet(cfg):
 
 
 def test_a_killed_scoring_run_resumes_after_its_last_part(tmp_path, tiny_index, tiny_lm_dir, qa_source):
-    from radit.train.lsr_data import read_cache
+    from radit.train.lsr_cache import read_cache
 
     cfg = lsr_config(tmp_path, tiny_index, tiny_lm_dir, qa_source)
     full = build_lsr_data_quiet(dataclasses.replace(cfg, output=str(tmp_path / "full")))
@@ -315,7 +315,7 @@ def test_resume_after_sigkill_continues_the_same_trajectory(tmp_path, tiny_index
 
 
 def test_two_caches_train_together_and_must_share_lm_and_index(tmp_path, tiny_index, tiny_lm_dir, qa_source):
-    from radit.train.lsr_data import merge_caches, read_cache
+    from radit.train.lsr_cache import merge_caches, read_cache
     from radit.train.r_ft import train_retriever
 
     one = lsr_config(tmp_path, tiny_index, tiny_lm_dir, qa_source)

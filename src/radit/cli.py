@@ -2,7 +2,7 @@
 
     radit --help
     radit <command> --help
-    torchrun --nproc-per-node 8 -m radit.cli train-retriever --config ...   (train-lm, train-retriever: data-parallel)
+    torchrun --nproc-per-node 8 -m radit.cli train-retriever --config ...   (index, build-lsr-data, train-lm, train-retriever, eval: split over the processes)
 """
 
 from __future__ import annotations
@@ -53,10 +53,12 @@ def cmd_corpus(cfg: CorpusConfig) -> int:
 
 
 def cmd_index(cfg: IndexConfig) -> int:
+    from radit.distributed import is_main
     from radit.retriever.index import build_index
 
     out = build_index(cfg)
-    print(f"index written to {out}")
+    if is_main():  # under torchrun / accelerate launch, rank 0 reports
+        print(f"index written to {out}")
     return 0
 
 
@@ -75,7 +77,8 @@ def cmd_search(cfg: SearchConfig) -> int:
         check_output_target(cfg.output)  # a folder at --output fails now, not after every query is searched
 
         questions = load_questions(cfg.queries, on_error=cfg.on_error)
-    searcher = load_searcher(cfg.index, query_encoder=cfg.query_encoder, device=cfg.device, verify=cfg.verify)
+    approximate = {k: v for k, v in (("nprobe", cfg.nprobe), ("rerank", cfg.rerank)) if v is not None}
+    searcher = load_searcher(cfg.index, query_encoder=cfg.query_encoder, device=cfg.device, verify=cfg.verify, **approximate)
     if cfg.query:
         for query, hits in zip(cfg.query, searcher.search(cfg.query, cfg.k)):
             print(format_hits(query, hits))
@@ -98,9 +101,12 @@ def cmd_eval_retrieval(cfg: EvalRetrievalConfig) -> int:
 
 
 def cmd_eval(cfg: EvalConfig) -> int:
+    from radit.distributed import is_main
     from radit.eval.harness import resolve_output, run_eval
 
     report = run_eval(cfg)
+    if not is_main():  # under torchrun / accelerate launch, rank 0 reports
+        return 0
     inf = cfg.inference
     scores = ", ".join(f"{name} {value:.2f}" for name, value in report["metrics"].items())
     where = "closed-book" if inf.mode == "closed-book" else f"{inf.mode} k={inf.k}"
@@ -224,9 +230,12 @@ def cmd_train_lm(cfg: TrainLMConfig) -> int:
 
 
 def cmd_build_lsr_data(cfg: LSRDataConfig) -> int:
+    from radit.distributed import is_main
     from radit.train.lsr_data import build_lsr_data
 
     m = build_lsr_data(cfg)
+    if not is_main():  # under torchrun / accelerate launch, rank 0 reports
+        return 0
     speed = (m.get("scoring") or {}).get("pairs_per_s")
     print(f"{m['pairs']} pairs ({m['corpus_pairs']} corpus, {m['task_pairs']} task) x top-{cfg.k} scored by {cfg.model}"
           + (f" at {speed:.2f} (pair, chunk)/s" if speed else "") + f" -> {cfg.output}")

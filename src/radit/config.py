@@ -163,6 +163,16 @@ class IndexConfig:
     rerank: int = 0
     """ivfpq/hnsw: re-score this many candidates per query exactly against the memory-mapped
     embedding shards and return the best k (0 = off). Recovers most of PQ's recall loss."""
+    ivf_quantizer: Literal["flat", "hnsw"] = "flat"
+    """ivfpq: how a vector finds its IVF lists. flat compares it with every list centroid (exact, fine to
+    a few million vectors); hnsw walks a graph over the centroids (IVF{nlist}_HNSW32), so adding and
+    searching stay fast with the tens of thousands of lists that 10M+ vectors want."""
+    opq: bool = False
+    """ivfpq: rotate the vectors (OPQ) before product quantisation, spreading their variance evenly over
+    the sub-quantisers: the same code size, usually better recall."""
+    mmap: bool = False
+    """ivfpq: search faiss.index memory-mapped: its inverted lists stay on disk and the OS caches the
+    ones queries touch, so an index larger than RAM can be served (recorded in the manifest)."""
     hnsw_m: int = 32
     """Neighbours per node (hnsw)."""
     ef_search: int = 128
@@ -193,6 +203,10 @@ class IndexConfig:
             raise ValueError(f"--rerank must be >= 0, got {self.rerank}")
         if self.rerank and self.index_type == "flat":
             raise ValueError("--rerank applies to approximate indexes (--index-type ivfpq or hnsw); flat is exact")
+        ivf_only = {"ivf_quantizer": "flat", "opq": False, "mmap": False}
+        for name, default in ivf_only.items():
+            if getattr(self, name) != default and self.index_type != "ivfpq":
+                raise ValueError(f"--{name.replace('_', '-')} applies to --index-type ivfpq only")
         if self.backend != "dense" and self.index_type != "flat":
             raise ValueError("--index-type applies to --backend dense only")
         sides = self.hybrid.dense_index, self.hybrid.bm25_index
@@ -224,6 +238,12 @@ class SearchConfig:
     """Torch device for the query encoder."""
     batch_size: int = 128
     """Queries per encoder forward in batch mode."""
+    nprobe: int | None = None
+    """ivfpq index: IVF lists visited per query, instead of the value it was built with (more: better
+    recall, slower)."""
+    rerank: int | None = None
+    """ivfpq/hnsw index: candidates re-scored exactly per query, instead of the value it was built with
+    (0 = off)."""
     on_error: Literal["error", "skip"] = "error"
     """A bad record in the question file: `error` stops with file, line and field; `skip` drops it
     and counts it."""
@@ -234,6 +254,10 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"--k must be >= 1, got {self.k}")
+        if self.nprobe is not None and self.nprobe < 1:
+            raise ValueError(f"--nprobe must be >= 1, got {self.nprobe}")
+        if self.rerank is not None and self.rerank < 0:
+            raise ValueError(f"--rerank must be >= 0, got {self.rerank}")
         if self.queries and not self.output:
             raise ValueError("--queries needs --output (the run file to write)")
 
@@ -651,7 +675,7 @@ class LSRDataConfig:
     pairs are `Background: {chunk}\\n\\n{x} y`."""
     part_size: int = 128
     """Pairs scored per part: a part's chunks are prefilled once; a killed run resumes after the
-    last finished part."""
+    last finished part; under torchrun, the unit of work dealt to the processes."""
     naive: bool = False
     """Score every (pair, chunk) with its own forward (no prefix reuse): the reference path."""
     data_dir: str | None = None

@@ -8,13 +8,19 @@ CUDA, gloo on CPU). Every helper here is a no-op on one process (no such variabl
 group), so library code calls them unconditionally. Until a group exists, rank and world size are
 read from the environment, so rank 0 alone shows progress bars even before `init()` (or where
 accelerate makes the group itself).
+
+Also here, so that no other module imports torch.distributed: `all_or_none` (an error in one process
+raised in all) and what a model sharded by FSDP2 needs to be saved and loaded whole (`is_sharded`,
+`full_model_state`, `full_optimizer_state`, `load_full_state`).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -93,6 +99,7 @@ def init(device: str | torch.device = "auto", timeout: timedelta | None = None) 
         torch.cuda.set_device(device)
         backend = "nccl"
     dist.init_process_group(backend, init_method="env://", **({"timeout": timeout} if timeout is not None else {}))
+    atexit.register(shutdown)  # leave the group before the interpreter exits (nccl warns otherwise)
     return True
 
 
@@ -138,6 +145,32 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     box = [obj if rank() == src else None]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+@contextlib.contextmanager
+def all_or_none(step: str) -> Iterator[None]:
+    """Run the block in every process, then wait until every process has finished it; if it failed
+    in any, raise in all of them: the failed one its own error, the others one naming that process.
+
+    Without this, a process whose block failed leaves the others waiting at the next collective until
+    the launcher notices the exit (torchrun does; a process group made in Python waits for the
+    timeout). On one process: the block, with nothing to wait for.
+
+    Args:
+        step: what the block does, for the others' error ("{step} failed in process R (...)").
+    """
+    error: Exception | None = None
+    try:
+        yield
+    except Exception as e:  # every error: the other processes must hear of it, whatever it is
+        error = e
+    reports = all_gather_object(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [(r, report) for r, report in enumerate(reports) if report is not None]
+    if failed:
+        r, report = failed[0]
+        raise RuntimeError(f"{step} failed in process {r} ({report}); this process stopped too")
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -221,3 +254,96 @@ def progress_bar(iterable: Iterable[T] | None = None, *, enabled: bool = True, *
     if not (enabled and is_main()) or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true"):
         kwargs["disable"] = True
     return tqdm(iterable, **kwargs)
+
+
+# --------------------------------------------------------------------------- models sharded by FSDP2
+# FSDP2 (`fully_shard`) leaves each process a slice of every parameter (a DTensor) and of its optimizer
+# state. These gather the whole of both onto rank 0's CPU and broadcast them back, so that what is
+# saved is what an unsharded model saves. torch.distributed.tensor and .checkpoint are imported
+# inside them: only a sharded run needs them.
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    """Whether `module`'s parameters are split over the processes (FSDP2 makes them DTensors)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+def full_model_state(module: torch.nn.Module, trainable_only: bool = True) -> dict[str, torch.Tensor] | None:
+    """The whole of a sharded module's parameters on rank 0's CPU, by name; None on the other processes.
+
+    Every process must call it: each sends its slices. The names are `module.named_parameters()`'s
+    (tied weights once, under their first name), as an unsharded module's would be.
+
+    Args:
+        module: a module that `is_sharded`.
+        trainable_only: only the parameters that require grad (the frozen ones are not gathered).
+    """
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    full = get_model_state_dict(module, options=_full_state(cpu_offload=True, ignore_frozen_params=trainable_only))
+    if not is_main():
+        return None
+    return {name: full[name] for name, p in module.named_parameters() if p.requires_grad or not trainable_only}
+
+
+def full_optimizer_state(module: torch.nn.Module, optimizer) -> dict[str, Any] | None:
+    """The whole `optimizer.state_dict()` of a sharded module on rank 0's CPU; None on the other processes.
+
+    In torch's format, the parameters numbered in `optimizer.param_groups` order (torch.distributed
+    names them), so that `Optimizer.load_state_dict` of an unsharded copy takes it. Every process
+    must call it: each sends its slices.
+
+    Args:
+        module: a module that `is_sharded`.
+        optimizer: its optimizer (torch's, or a wrapper of one such as accelerate's AcceleratedOptimizer).
+    """
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    full = get_optimizer_state_dict(module, _plain_optimizer(optimizer), options=_full_state(cpu_offload=True))
+    if not is_main():
+        return None
+    number = {name: i for i, name in enumerate(name for g in full["param_groups"] for name in g["params"])}
+    return {"state": {number[name]: s for name, s in full["state"].items()},
+            "param_groups": [{**g, "params": [number[name] for name in g["params"]]} for g in full["param_groups"]]}
+
+
+def load_full_state(module: torch.nn.Module, optimizer, weights: Mapping[str, torch.Tensor],
+                    optimizer_state: Mapping[str, Any] | None) -> None:
+    """Load rank 0's whole `weights` and `optimizer_state` into a sharded module and its optimizer:
+    broadcast from rank 0, each process keeps its slices.
+
+    Every process must call it; what the others pass is ignored (`{}` and None will do). Nothing is
+    checked here: the caller makes sure, on every process, that `weights` fit the module (a mismatch
+    found by rank 0 alone would leave the others waiting).
+
+    Args:
+        module: a module that `is_sharded`.
+        optimizer: its optimizer (torch's, or a wrapper of one such as accelerate's AcceleratedOptimizer).
+        weights: parameters by name, as `full_model_state` gives them; those left out (frozen ones)
+            keep their values.
+        optimizer_state: as `full_optimizer_state` gives it (torch's numbered format).
+    """
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    set_model_state_dict(module, dict(weights), options=_full_state(broadcast_from_rank0=True, strict=False))
+    by_name: dict[str, Any] = {}
+    if is_main():
+        assert optimizer_state is not None
+        names = {id(p): name for name, p in module.named_parameters()}
+        order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+        by_name = {"state": {order[i]: s for i, s in optimizer_state["state"].items()},
+                   "param_groups": [{**g, "params": [order[i] for i in g["params"]]}
+                                    for g in optimizer_state["param_groups"]]}
+    set_optimizer_state_dict(module, _plain_optimizer(optimizer), by_name, options=_full_state(broadcast_from_rank0=True))
+
+
+def _full_state(**kwargs):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def _plain_optimizer(optimizer) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps torch's

@@ -2,6 +2,14 @@
 
     radit eval --task nq-open --index runs/index --mode replug --k 10 --shots 5 --limit 500
     radit eval --task mmlu --mode closed-book --shots 5
+    torchrun --nproc-per-node 8 -m radit.cli eval --task nq-open --index runs/index --mode replug --k 10
+
+Under torchrun (or `accelerate launch`) each process answers its share of the questions that are
+not answered yet, into `predictions.rank{r}.jsonl`; rank 0 then merges these into `predictions.jsonl`,
+in question order, and writes the same `metrics.json` as one process would. The run directory must
+be one filesystem that every process sees (as for training's checkpoints). A run killed mid-way
+resumes on any number of processes: answers are keyed by question id, and a rerun first merges the
+per-process files a killed run left.
 
 The run directory (`--output`, default `runs/eval/{task}-{mode}-k{k}-{shots}shot`) gets:
 
@@ -11,7 +19,7 @@ The run directory (`--output`, default `runs/eval/{task}-{mode}-k{k}-{shots}shot
   flushed line by line. A killed run resumes: a rerun skips the ids already there. A rerun with
   other settings (anything but --limit, --device, --search-batch-size) is an error unless --overwrite;
 - `metrics.json`: EM/F1 (open QA) or accuracy (choice tasks) x 100 over the evaluated questions, n,
-  truncated prompts, seconds, and the p_R temperature with where it came from.
+  truncated prompts, seconds, the number of processes, and the p_R temperature with where it came from.
 """
 
 from __future__ import annotations
@@ -21,15 +29,16 @@ import json
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from radit.artifacts import atomic_write_json
+from radit import distributed
+from radit.artifacts import atomic_write_json, write_jsonl
 from radit.config import EvalConfig, InferenceConfig
 from radit.config_io import load_yaml, save_yaml, to_dict
-from radit.distributed import progress_bar
 from radit.eval.metrics import exact_match, f1_score
 from radit.eval.tasks import Example, Task, get_task, task_slug
 from radit.prompts import PromptTemplate, resolve_template
@@ -151,6 +160,40 @@ def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
+def rank_files(out: Path) -> list[Path]:
+    """The per-process prediction files in `out` (`predictions.rank{r}.jsonl`), in rank order: a
+    multi-process run's, before rank 0 merges them, or the ones a killed run left."""
+    ranked = [(int(m[1]), path) for path in out.glob("predictions.rank*.jsonl")
+              if (m := re.fullmatch(r"predictions\.rank(\d+)\.jsonl", path.name))]
+    return [path for _, path in sorted(ranked)]
+
+
+def merge_predictions(out: Path, order: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`out`'s predictions.jsonl and its per-process files as one predictions.jsonl; the records by id.
+
+    The merged file lists the questions in `order` (the task's), then any other records it held (a run
+    with a larger --limit), in their order; a question answered twice keeps its first record
+    (predictions.jsonl's, then rank 0's, ...). It is written atomically before the per-process files
+    are deleted, so a kill in between leaves every answer in place, twice at worst, which the next
+    merge undoes. Without per-process files nothing is written: a one-process run appends to
+    predictions.jsonl itself.
+    """
+    path = out / "predictions.jsonl"
+    records = read_predictions(path)
+    parts = rank_files(out)
+    if not parts:
+        return records
+    for part in parts:
+        for qid, rec in read_predictions(part).items():
+            records.setdefault(qid, rec)
+    position = {qid: i for i, qid in enumerate(order)}
+    ids = sorted(records, key=lambda qid: position.get(qid, len(position)))  # stable: the others keep their order
+    write_jsonl(path, (records[qid] for qid in ids))
+    for part in parts:
+        part.unlink()
+    return {qid: records[qid] for qid in ids}
+
+
 def score_prediction(task: Task, example: Example, prediction: str) -> dict[str, float]:
     """{"em", "f1"} for open QA, {"correct"} for choice tasks (the label, compared exactly)."""
     if task.kind == "choice":
@@ -192,6 +235,8 @@ def run_eval(cfg: EvalConfig, answer_fns: AnswerFns | None = None, lm: tuple[Any
 
     Everything that can fail on the user's input (task, questions, template, index, query encoder,
     model name, a run with other settings in --output) is checked before anything is written.
+    Under torchrun every process checks, answers its share of the questions left and returns the
+    same report; rank 0 alone writes config.yaml, the merged predictions.jsonl and metrics.json.
 
     Args:
         cfg: the evaluation settings.
@@ -235,25 +280,42 @@ def run_eval(cfg: EvalConfig, answer_fns: AnswerFns | None = None, lm: tuple[Any
 
         resolve_model(cfg.model)  # a wrong model name fails before the run directory is touched
 
-    # Checked: now write.
-    out.mkdir(parents=True, exist_ok=True)
+    # Checked: now write. Under torchrun every process got here; rank 0 alone changes the run directory.
+    distributed.init(cfg.device)
+    rank, world = distributed.rank(), distributed.world_size()
+    order = [ex.id for ex in examples]
     preds_path = out / "predictions.jsonl"
-    if cfg.overwrite:
-        preds_path.unlink(missing_ok=True)
-        (out / "metrics.json").unlink(missing_ok=True)
-    save_yaml(resolved, out / "config.yaml")
-    done = read_predictions(preds_path)
-    pending = [ex for ex in examples if ex.id not in done]
+    distributed.barrier()  # every process has checked --output before rank 0 changes it
+    done: dict[str, dict[str, Any]] = {}
+    killed_parts = False  # per-process files that a killed multi-process run left (rank 0 looks)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.overwrite:
+            for path in (preds_path, out / "metrics.json", *rank_files(out)):
+                path.unlink(missing_ok=True)
+        save_yaml(resolved, out / "config.yaml")
+        killed_parts = bool(rank_files(out))
+        done = merge_predictions(out, order)
+    # Keyed by question id, so the answered set, not the number of processes before, decides what is
+    # left. The broadcast also holds the other processes until rank 0 has merged a killed run's files.
+    answered = distributed.broadcast_object({qid for qid in order if qid in done})
+    pending = [ex for ex in examples if ex.id not in answered]
     resumed = len(examples) - len(pending)
     if resumed:
         log.info("%s: %d of %d questions already answered; resuming", out, resumed, len(examples))
+    # One process appends to predictions.jsonl itself. Several processes each write their own file,
+    # merged below in question order; so does one process finishing a killed multi-process run, whose
+    # merge above reordered the file (`radit report` takes its first n questions as the n evaluated).
+    sharded = world > 1 or killed_parts
+    mine = [pending[i] for i in distributed.shard_range(len(pending))]
+    part_path = out / f"predictions.rank{rank}.jsonl" if sharded else preds_path
 
-    if pending:
-        hits_all: list[list[Any]] = [[] for _ in pending]
+    if mine:
+        hits_all: list[list[Any]] = [[] for _ in mine]
         if searcher is not None:
             from radit.retriever.search import search_batched
 
-            hits_all = search_batched(searcher, [ex.question for ex in pending], inf.k, batch_size=cfg.search_batch_size)
+            hits_all = search_batched(searcher, [ex.question for ex in mine], inf.k, batch_size=cfg.search_batch_size)
         if lm is None:
             from radit.lm.model import load_lm
 
@@ -263,8 +325,9 @@ def run_eval(cfg: EvalConfig, answer_fns: AnswerFns | None = None, lm: tuple[Any
         # The answer functions get the settings resolved: p_R's temperature (1.0 where nothing is mixed).
         answer_settings = dataclasses.replace(settings, retrieval_temperature=temperature or 1.0)
 
-        with open(preds_path, "a", encoding="utf-8") as f:
-            bar = progress_bar(list(zip(pending, hits_all)), desc=f"eval {task.name}", unit="q")
+        with open(part_path, "a", encoding="utf-8") as f:
+            desc = f"eval {task.name}" + (f" (rank 0's share of {len(pending)})" if world > 1 else "")
+            bar = distributed.progress_bar(list(zip(mine, hits_all)), desc=desc, unit="q")
             running = 0.0  # this session's score so far, for the progress bar
             for i, (example, hits) in enumerate(bar, 1):
                 t0 = time.time()
@@ -301,6 +364,11 @@ def run_eval(cfg: EvalConfig, answer_fns: AnswerFns | None = None, lm: tuple[Any
                 running += rec.get("em", rec.get("correct", 0.0))
                 bar.set_postfix({"em" if task.kind == "generative" else "acc": f"{100 * running / i:.1f}"})
 
+    distributed.barrier()  # every process has written its share
+    if rank != 0:
+        return distributed.broadcast_object(None)  # rank 0's report, below
+    if sharded:
+        done = merge_predictions(out, order)
     records = [done[ex.id] for ex in examples]
     metrics, primary = summarize(task, records)
     truncated_counts = [r["truncated"] for r in records if r.get("truncated") is not None]
@@ -325,10 +393,11 @@ def run_eval(cfg: EvalConfig, answer_fns: AnswerFns | None = None, lm: tuple[Any
         "seconds": round(sum(r.get("seconds", 0.0) for r in records), 2),
         "wall_seconds": round(time.time() - t_start, 2),
         "resumed": resumed,
+        "processes": world,
         "skipped_records": getattr(task, "skipped", None) or None,
         "notes": list(task.notes),
     }
     atomic_write_json(out / "metrics.json", report)
     log.info("%s: %s over %d questions -> %s", task.name,
              ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()), len(records), out / "metrics.json")
-    return report
+    return distributed.broadcast_object(report)

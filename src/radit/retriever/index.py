@@ -2,6 +2,7 @@
 
     radit index --passages runs/corpus/passages.jsonl --output runs/index
     radit index --backend qdrant --passages runs/corpus/passages.jsonl --output runs/index-qdrant [--qdrant.url URL]
+    torchrun --nproc-per-node 8 -m radit.cli index --passages runs/corpus/passages.jsonl --output runs/index
 
 Layout of an index directory:
     .radit-output         marks the directory as radit's (see radit.artifacts.OUTPUT_MARKER)
@@ -20,6 +21,15 @@ Nothing in an existing --output is touched before every check has passed: the pa
 encoder is loaded, and the directory's previous build is compared with this one. Another build there
 (other passages, encoder, shard layout, dtype or backend) is replaced only with --overwrite, and a
 non-empty directory that is not a radit index is never written into.
+
+Several processes (dense and qdrant backends). Started by torchrun or `accelerate launch -m radit.cli
+index ...`, one process per GPU (`--device auto` gives each its own), every process runs the checks;
+then rank 0 alone prepares --output, every process embeds the shards dealt to it, and rank 0 alone
+builds the FAISS index (or fills the Qdrant collection) and writes the manifest while the others
+wait, so every process returns once the index is complete. A shard is the same batches through the
+same encoder whichever process embeds it, so N processes build the one-process index (bit for bit
+on CPU, tests/test_sharded_index.py); a rerun, on any number of processes, embeds only the shards
+still missing. BM25 and hybrid indexes run no encoder and refuse a launcher: run them as one process.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,43 +49,80 @@ import faiss
 import numpy as np
 
 import radit
+from radit import distributed
 from radit.artifacts import OUTPUT_MARKER, atomic_open, atomic_path, atomic_write_json, is_radit_output_dir, mark_output_dir
 from radit.config import IndexConfig
 from radit.config_io import save_yaml
 from radit.corpus import PassageStore
-from radit.distributed import progress_bar
 from radit.retriever.bm25 import BM25_DIR, build_bm25
 from radit.retriever.encoder import DualEncoder, Encoder, passage_input, resolve_encoder_spec
 from radit.retriever.hybrid import hybrid_manifest, hybrid_state
 from radit.retriever.manifest import FAISS_FILE, FORMAT_VERSION, MANIFEST, OFFSETS_FILE, IndexMismatchError, passages_record
 from radit.retriever.qdrant import QDRANT_DIR, UPLOAD_FILE, check_collection, qdrant_record, release_local, upload
-from radit.retriever.shards import EMBEDDINGS_DIR, STATE_FILE, ShardedVectors, shard_done, shard_rows, write_shard
+from radit.retriever.shards import EMBEDDINGS_DIR, STATE_FILE, ShardedVectors, shard_rows, unfinished_shards, write_shard
 from radit.runtime import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
+COLLECTIVE_TIMEOUT = timedelta(hours=12)
+"""How long a process waits for the others (in a process group `build_index` makes). The longest
+wait is every process but rank 0 waiting while rank 0 alone builds the FAISS index, which takes
+hours for HNSW or IVF-PQ over tens of millions of passages; torch's default (10 minutes under nccl)
+would end them. A process that dies still ends the run at once: torchrun then stops the others."""
+
+SINGLE_PROCESS_BACKENDS = ("bm25", "hybrid")
+"""Backends with nothing to share between processes: no encoder runs (BM25 is one CPU pass)."""
+
+
+def _embed_shard(store: PassageStore, encoder: Encoder, emb_dir: Path, i: int, cfg: IndexConfig, dtype: str,
+                 progress: Callable[[int], object]) -> None:
+    """Embed the passages of shard `i` in `dtype` and write the shard, passing `progress` the
+    number of passages embedded after each block."""
+    rows = range(i * cfg.shard_size, min(len(store), (i + 1) * cfg.shard_size))
+    passages = store.get_many(rows)
+    texts = [passage_input(p) for p in passages]
+    emb = np.empty((len(texts), encoder.dim), dtype=np.float32)  # [rows, dim]
+    for start in range(0, len(texts), cfg.batch_size * 16):
+        block = texts[start : start + cfg.batch_size * 16]
+        emb[start : start + len(block)] = encoder.encode(block, batch_size=cfg.batch_size, dtype=dtype)
+        progress(len(block))
+    write_shard(emb_dir, i, emb, [p["id"] for p in passages], cfg.embedding_dtype)
+
 
 def embed_passages(store: PassageStore, encoder: Encoder, emb_dir: Path, cfg: IndexConfig, dtype: str) -> int:
     """Embed every passage into shards of `cfg.shard_size` rows, computing in `dtype` (concrete, not
-    `auto`); returns the number of shards. Finished, readable shards of an earlier run are kept."""
+    `auto`); returns the number of shards. Finished, readable shards of an earlier run are kept.
+
+    Under a launcher every process calls this: the shards left are dealt round robin, one per process
+    per turn, and each turn ends when every process has written its shard. Round robin rather than
+    one contiguous range per process: the cost of a shard follows the length of its passages, which
+    runs in stretches through a corpus (documents are chunked in order, sources concatenated), so
+    interleaving keeps the processes finishing together. Turns let rank 0's bar count every
+    process's passages (its own as it embeds them, the others' at the end of each turn) and stop
+    every process at the turn where one failed; a turn waits for its slowest shard, a small cost
+    with shards of thousands of passages. Whatever the number of processes, the shards are the same
+    files: only which process writes each one changes.
+    """
     n = len(store)
     n_shards = max(1, math.ceil(n / cfg.shard_size))
-    done = {i for i in range(n_shards) if shard_done(emb_dir, i, shard_rows(i, n, cfg.shard_size), encoder.dim)}
-    if done:
-        log.info("resuming: %d of %d shards already embedded", len(done), n_shards)
-    bar = progress_bar(total=n, desc="embed passages", unit="passage", initial=sum(shard_rows(i, n, cfg.shard_size) for i in done))
-    for i in range(n_shards):
-        if i in done:
-            continue
-        rows = range(i * cfg.shard_size, min(n, (i + 1) * cfg.shard_size))
-        passages = store.get_many(rows)
-        texts = [passage_input(p) for p in passages]
-        emb = np.empty((len(texts), encoder.dim), dtype=np.float32)  # [rows, dim]
-        for start in range(0, len(texts), cfg.batch_size * 16):
-            block = texts[start : start + cfg.batch_size * 16]
-            emb[start : start + len(block)] = encoder.encode(block, batch_size=cfg.batch_size, dtype=dtype)
-            bar.update(len(block))
-        write_shard(emb_dir, i, emb, [p["id"] for p in passages], cfg.embedding_dtype)
+    # Rank 0's list, dealt by every process: a shard another process finishes while one is still
+    # looking (or a file system slow to show it on another machine) must not change anyone's share.
+    # (Listing cannot fail: an unreadable shard is an unfinished one.)
+    todo = unfinished_shards(emb_dir, n, cfg.shard_size, encoder.dim) if distributed.is_main() else []
+    todo = distributed.broadcast_object(todo)
+    if len(todo) < n_shards:
+        log.info("resuming: %d of %d shards already embedded", n_shards - len(todo), n_shards)
+    world, rank = distributed.world_size(), distributed.rank()
+    if world > 1:
+        log.info("%d processes embed %d shards, round robin", world, len(todo))
+    bar = distributed.progress_bar(total=n, desc="embed passages", unit="passage",
+                                   initial=n - sum(shard_rows(i, n, cfg.shard_size) for i in todo))
+    for start in range(0, len(todo), world):
+        turn = todo[start : start + world]  # turn[r]: process r's shard
+        with distributed.all_or_none(f"embedding shards {turn}"):
+            if rank < len(turn):
+                _embed_shard(store, encoder, emb_dir, turn[rank], cfg, dtype, bar.update)
+        bar.update(sum(shard_rows(i, n, cfg.shard_size) for i in turn[1:]))  # counted on rank 0 alone
     bar.close()
     return n_shards
 
@@ -87,11 +136,19 @@ def make_faiss_index(dim: int, n: int, cfg: IndexConfig) -> tuple[faiss.Index, d
         index.hnsw.efSearch = cfg.ef_search
         return index, {"hnsw_m": cfg.hnsw_m, "ef_search": cfg.ef_search, "rerank": cfg.rerank}
     nlist = cfg.nlist or max(1, int(4 * math.sqrt(n)))
+    if nlist > n:  # k-means needs a training point per list
+        raise ValueError(f"--nlist {nlist} needs at least that many passages; the corpus has {n}")
     m = cfg.pq_m or dim // 8
     if dim % m:
         raise ValueError(f"--pq-m {m} must divide the embedding dimension {dim}")
-    index = faiss.index_factory(dim, f"IVF{nlist},PQ{m}x{cfg.pq_bits}", faiss.METRIC_INNER_PRODUCT)
-    return index, {"nlist": nlist, "pq_m": m, "pq_bits": cfg.pq_bits, "nprobe": cfg.nprobe, "rerank": cfg.rerank}
+    if cfg.opq and n < 256:  # OPQ trains an 8-bit product quantizer of its own: 256 centroids per sub-vector
+        raise ValueError(f"--opq needs at least 256 passages to train its rotation; the corpus has {n}")
+    # e.g. OPQ48,IVF8192_HNSW32,PQ48x8: rotation, coarse quantizer (flat or an HNSW graph over the
+    # centroids), then product-quantised residuals.
+    factory = ("OPQ{m}," if cfg.opq else "") + ("IVF{nlist}_HNSW32" if cfg.ivf_quantizer == "hnsw" else "IVF{nlist}")
+    index = faiss.index_factory(dim, f"{factory},PQ{{m}}x{{bits}}".format(m=m, nlist=nlist, bits=cfg.pq_bits), faiss.METRIC_INNER_PRODUCT)
+    return index, {"nlist": nlist, "pq_m": m, "pq_bits": cfg.pq_bits, "nprobe": cfg.nprobe, "rerank": cfg.rerank,
+                   "ivf_quantizer": cfg.ivf_quantizer, "opq": cfg.opq, "mmap": cfg.mmap}
 
 
 def train_sample(shards: list[np.ndarray], size: int, seed: int = 0) -> np.ndarray:
@@ -108,17 +165,30 @@ def train_sample(shards: list[np.ndarray], size: int, seed: int = 0) -> np.ndarr
     return np.concatenate(parts)
 
 
-def build_faiss(shards: list[np.ndarray], dim: int, cfg: IndexConfig) -> tuple[faiss.Index, dict[str, Any]]:
+def build_faiss(shards: list[np.ndarray], dim: int, cfg: IndexConfig, add_batch: int = 65536,
+                timings: dict[str, float] | None = None) -> tuple[faiss.Index, dict[str, Any]]:
+    """The FAISS index of `cfg` over the rows of `shards` (memory-mapped float32/float16 arrays), in order.
+
+    Approximate indexes are trained on a uniform sample of the rows; rows are then added `add_batch` at
+    a time, so memory holds the index and one float32 batch, never a whole shard or the whole corpus.
+    `timings`, if given, receives train_seconds and add_seconds.
+    """
     n = sum(len(s) for s in shards)
     index, params = make_faiss_index(dim, n, cfg)
+    t = time.perf_counter()
     if not index.is_trained:
         # faiss warns below 39 training points per centroid; 64 keeps k-means minutes, not hours, at 1M+.
-        sample = train_sample(shards, max(64 * params["nlist"], 2**cfg.pq_bits * 64))
-        if len(sample) < params["nlist"]:
-            raise ValueError(f"--nlist {params['nlist']} needs at least that many passages; the corpus has {n}")
-        index.train(sample)
-    for shard in progress_bar(shards, desc="add to index", unit="shard"):
-        index.add(np.ascontiguousarray(shard, dtype=np.float32))
+        index.train(train_sample(shards, max(64 * params["nlist"], 2**cfg.pq_bits * 64)))
+    t_train = time.perf_counter()
+    bar = distributed.progress_bar(total=n, desc="add to index", unit="vector", unit_scale=True)
+    for shard in shards:
+        for start in range(0, len(shard), add_batch):
+            block = np.ascontiguousarray(shard[start : start + add_batch], dtype=np.float32)
+            index.add(block)
+            bar.update(len(block))
+    bar.close()
+    if timings is not None:
+        timings.update(train_seconds=t_train - t, add_seconds=time.perf_counter() - t_train)
     return index, params
 
 
@@ -224,87 +294,99 @@ def build_index(cfg: IndexConfig) -> Path:
     """The `radit index` stage: passages -> embeddings shards -> FAISS index (or BM25, or a Qdrant
     collection) + manifest; or the manifest of a hybrid index over two built ones.
 
-    Everything that can fail on bad input (the passages, the encoder, the output directory) is checked
-    before the first write to `cfg.output`.
+    Everything that can fail on bad input (the passages, the encoder, the output directory, the FAISS
+    parameters) is checked before the first write to `cfg.output`, in every process of a launcher;
+    see the module docstring for who writes what then.
+
+    Returns:
+        `cfg.output`, in every process once the manifest is written.
     """
+    if cfg.backend in SINGLE_PROCESS_BACKENDS and distributed.world_size() > 1:
+        raise ValueError(f"--backend {cfg.backend} runs on one process (it uses no GPU): start `radit index` without "
+                         "torchrun / accelerate launch")
     if cfg.backend == "hybrid":
         return build_hybrid(cfg)
+    distributed.init(cfg.device, timeout=COLLECTIVE_TIMEOUT)  # under a launcher: join the others; else nothing
     out = Path(cfg.output)
     passages = Path(cfg.passages)
-    if not passages.is_file():
-        raise FileNotFoundError(f"--passages {passages} does not exist or is not a file; write it with `radit corpus`")
     t0 = time.time()
-    log.info("scanning %s", passages)
-    offsets = PassageStore.scan_offsets(passages)  # int64 [count]
-    if len(offsets) == 0:
-        raise ValueError(f"--passages {passages} holds no passages")
-    store = PassageStore(passages, offsets)
-    manifest: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "radit_version": radit.__version__,
-        "backend": cfg.backend,
-        "count": len(store),
-        "passages": passages_record(passages),
-    }
-    if cfg.backend == "bm25":
-        state: dict[str, Any] = {"backend": "bm25", "passages_sha256": manifest["passages"]["sha256"]}
-    else:
-        spec = resolve_encoder_spec(cfg.encoder)
-        device = resolve_device(cfg.device)
-        cfg = dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype, device))  # once, recorded below
-        dual = DualEncoder.load(spec, device)
-        doc_fp = dual.doc.fingerprint()
-        state = {
+    with distributed.all_or_none("checking the inputs"):
+        if not passages.is_file():
+            raise FileNotFoundError(f"--passages {passages} does not exist or is not a file; write it with `radit corpus`")
+        log.info("scanning %s", passages)
+        offsets = PassageStore.scan_offsets(passages)  # int64 [count]
+        if len(offsets) == 0:
+            raise ValueError(f"--passages {passages} holds no passages")
+        store = PassageStore(passages, offsets)
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "radit_version": radit.__version__,
             "backend": cfg.backend,
-            "passages_sha256": manifest["passages"]["sha256"],
-            "doc_encoder": spec.doc_model,
-            "doc_encoder_fingerprint": doc_fp,
-            "pooling": spec.pooling,
-            "normalize": spec.normalize,
-            "doc_prefix": spec.doc_prefix,
-            "doc_max_length": spec.doc_max_length,
-            "shard_size": cfg.shard_size,
-            "embedding_dtype": cfg.embedding_dtype,
-            "dtype": cfg.dtype,
+            "count": len(store),
+            "passages": passages_record(passages),
         }
-    stale = check_output_dir(out, state, cfg.overwrite)
-    if cfg.backend == "qdrant":
-        where = qdrant_record(cfg.qdrant)
-        check_collection(out, where, cfg.overwrite)
-
-    # Every check passed: from here on `out` is changed.
-    _clear_output(out, stale)
-    # Absolute paths: `radit index --config DIR/config.yaml` (the repair command errors suggest) works from anywhere.
-    save_yaml(dataclasses.replace(cfg, passages=str(Path(passages).resolve()), output=str(out.resolve())), out / "config.yaml")
-    with atomic_open(out / OFFSETS_FILE, "wb") as f:
-        np.save(f, offsets)
-    if cfg.backend == "bm25":
-        with atomic_path(out / BM25_DIR, kind="dir") as tmp:
-            build_bm25(store, tmp)
-        manifest["index_type"] = "bm25"
-    else:
-        emb_dir = out / EMBEDDINGS_DIR
-        emb_dir.mkdir(exist_ok=True)
-        atomic_write_json(emb_dir / STATE_FILE, state)
-        n_shards = embed_passages(store, dual.doc, emb_dir, cfg, cfg.dtype)
-        vectors = {
-            "dim": dual.doc.dim,
-            "n_shards": n_shards,
-            "shard_size": cfg.shard_size,
-            "embedding_dtype": cfg.embedding_dtype,
-            "dtype": cfg.dtype,
-            "encoder": {**dataclasses.asdict(spec), "doc_encoder_fingerprint": doc_fp},
-        }
-        if cfg.backend == "qdrant":
-            upload(out, where, emb_dir, len(store), cfg.shard_size, dual.doc.dim, cfg.qdrant.batch_size)
-            manifest.update(qdrant=where, **vectors)
+        if cfg.backend == "bm25":
+            state: dict[str, Any] = {"backend": "bm25", "passages_sha256": manifest["passages"]["sha256"]}
         else:
-            shards = ShardedVectors(emb_dir, len(store), cfg.shard_size, dual.doc.dim).shards
-            index, params = build_faiss(shards, dual.doc.dim, cfg)
-            with atomic_path(out / FAISS_FILE) as tmp:
-                faiss.write_index(index, str(tmp))
-            manifest.update(index_type=cfg.index_type, index_params=params, **vectors)
-    manifest["build_seconds"] = round(time.time() - t0, 2)
-    atomic_write_json(out / MANIFEST, manifest)
-    log.info("index of %d passages written to %s in %.1fs", len(store), out, manifest["build_seconds"])
+            spec = resolve_encoder_spec(cfg.encoder)
+            device = resolve_device(cfg.device)
+            cfg = dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype, device))  # once, recorded below
+            dual = DualEncoder.load(spec, device)
+            doc_fp = dual.doc.fingerprint()
+            state = {
+                "backend": cfg.backend,
+                "passages_sha256": manifest["passages"]["sha256"],
+                "doc_encoder": spec.doc_model,
+                "doc_encoder_fingerprint": doc_fp,
+                "pooling": spec.pooling,
+                "normalize": spec.normalize,
+                "doc_prefix": spec.doc_prefix,
+                "doc_max_length": spec.doc_max_length,
+                "shard_size": cfg.shard_size,
+                "embedding_dtype": cfg.embedding_dtype,
+                "dtype": cfg.dtype,
+            }
+            if cfg.backend == "dense":
+                make_faiss_index(dual.doc.dim, len(store), cfg)  # bad --nlist / --pq-m fail now, not after embedding
+        stale = check_output_dir(out, state, cfg.overwrite)
+        if cfg.backend == "qdrant":
+            where = qdrant_record(cfg.qdrant)
+            if distributed.is_main():  # rank 0 alone: local mode locks its folder against a second process
+                check_collection(out, where, cfg.overwrite)
+
+    # Every check passed in every process: from here on `out` is changed, by rank 0 alone until the shards.
+    emb_dir = out / EMBEDDINGS_DIR
+    with distributed.all_or_none("preparing --output"):
+        if distributed.is_main():
+            _clear_output(out, stale)
+            # Absolute paths: `radit index --config DIR/config.yaml` (the repair command errors suggest) works from anywhere.
+            resolved = dataclasses.replace(cfg, passages=str(passages.resolve()), output=str(out.resolve()))
+            save_yaml(resolved, out / "config.yaml")
+            with atomic_open(out / OFFSETS_FILE, "wb") as f:
+                np.save(f, offsets)
+            if cfg.backend != "bm25":
+                emb_dir.mkdir(exist_ok=True)
+                atomic_write_json(emb_dir / STATE_FILE, state)
+    if cfg.backend != "bm25":
+        n_shards = embed_passages(store, dual.doc, emb_dir, cfg, cfg.dtype)  # every process its share
+        manifest.update(dim=dual.doc.dim, n_shards=n_shards, shard_size=cfg.shard_size, embedding_dtype=cfg.embedding_dtype,
+                        dtype=cfg.dtype, encoder={**dataclasses.asdict(spec), "doc_encoder_fingerprint": doc_fp})
+    with distributed.all_or_none("building the index"):  # the other processes wait here for rank 0
+        if distributed.is_main():
+            if cfg.backend == "bm25":
+                with atomic_path(out / BM25_DIR, kind="dir") as tmp:
+                    build_bm25(store, tmp)
+                manifest["index_type"] = "bm25"
+            elif cfg.backend == "qdrant":
+                upload(out, where, emb_dir, len(store), cfg.shard_size, dual.doc.dim, cfg.qdrant.batch_size)
+                manifest["qdrant"] = where
+            else:
+                shards = ShardedVectors(emb_dir, len(store), cfg.shard_size, dual.doc.dim).shards
+                index, params = build_faiss(shards, dual.doc.dim, cfg)
+                with atomic_path(out / FAISS_FILE) as tmp:
+                    faiss.write_index(index, str(tmp))
+                manifest.update(index_type=cfg.index_type, index_params=params)
+            manifest["build_seconds"] = round(time.time() - t0, 2)
+            atomic_write_json(out / MANIFEST, manifest)
+            log.info("index of %d passages written to %s in %.1fs", len(store), out, manifest["build_seconds"])
     return out

@@ -52,12 +52,14 @@ index's vectors; `DenseSearcher` searches it in place of FAISS."""
 
 
 def _read_faiss(index_dir: Path, manifest: dict[str, Any]) -> faiss.Index:
-    """faiss.index, checked against the manifest (vector count and dimension)."""
+    """faiss.index, checked against the manifest (vector count and dimension); memory-mapped, read-only,
+    when the index was built with --mmap (its inverted lists are then read from disk as queries need them)."""
     path = index_dir / FAISS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; {rebuild_hint(index_dir)}")
+    mmap = manifest.get("index_params", {}).get("mmap", False)
     try:
-        index = faiss.read_index(str(path))
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0)
     except RuntimeError as e:  # faiss reports a truncated or foreign file as a RuntimeError
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         reason = re.sub(r"^Error in .*? at \S+:\d+: (Error: )?", "", first_line)  # drop faiss's C++ location
@@ -87,9 +89,12 @@ class DenseSearcher:
         batch_size: int = 128,
         verify: bool = False,
         *,
+        nprobe: int | None = None,
+        rerank: int | None = None,
         checked: tuple[dict[str, Any], Path] | None = None,
     ):
-        """`checked` is the result of `read_manifest` when the caller has it already (read once)."""
+        """`nprobe` and `rerank` override the values an approximate index was built with (None: keep
+        them); `checked` is the result of `read_manifest` when the caller has it already (read once)."""
         self.index_dir = Path(index_dir)
         self.manifest, passages_path = checked or read_manifest(index_dir, passages, verify=verify)
         backend = self.manifest["backend"]
@@ -105,14 +110,19 @@ class DenseSearcher:
             self.retrieval_temperature_source = f"default 1.0: the index manifest ({index_dir}) records no encoder score_temperature"
         self.store = open_passages(self.index_dir, self.manifest, passages_path)
         params = self.manifest.get("index_params", {})
-        self.rerank = int(params.get("rerank", 0))
+        index_type = self.manifest.get("index_type", backend)
+        if nprobe is not None and "nprobe" not in params:
+            raise ValueError(f"--nprobe applies to an ivfpq index; {index_dir} is {index_type}")
+        if rerank and index_type not in ("ivfpq", "hnsw"):
+            raise ValueError(f"--rerank applies to an ivfpq or hnsw index; {index_dir} is {index_type} (exact already)")
+        self.rerank = int(params.get("rerank", 0) if rerank is None else rerank)
         if backend in VECTOR_DATABASES:
             self.index = VECTOR_DATABASES[backend](self.index_dir, self.manifest)
             self.vectors = self.index.vectors
         else:
             self.index = _read_faiss(self.index_dir, self.manifest)
             if "nprobe" in params:
-                faiss.extract_index_ivf(self.index).nprobe = params["nprobe"]
+                faiss.extract_index_ivf(self.index).nprobe = params["nprobe"] if nprobe is None else nprobe
             self.vectors = ShardedVectors(self.index_dir / EMBEDDINGS_DIR, self.count, int(self.manifest["shard_size"]), self.dim)
         self.batch_size = batch_size
         self.query_encoder = Encoder.load(
@@ -208,8 +218,9 @@ def load_searcher(
         return HybridSearcher(index_dir, manifest, dense, BM25Searcher(bm25_dir, passages=passages, verify=verify))
     checked = read_manifest(index_dir, passages, verify=verify)
     if checked[0]["backend"] == "bm25":
-        if query_encoder:
-            raise ValueError(f"--query-encoder applies to dense and hybrid indexes only; {index_dir} is bm25")
+        for name, value in (("query-encoder", query_encoder), ("nprobe", kwargs.get("nprobe")), ("rerank", kwargs.get("rerank"))):
+            if value is not None:
+                raise ValueError(f"--{name} applies to dense and hybrid indexes only; {index_dir} is bm25")
         return BM25Searcher(index_dir, checked=checked, **kwargs)
     return DenseSearcher(index_dir, query_encoder=query_encoder, device=device, checked=checked, **kwargs)
 

@@ -5,7 +5,9 @@ Layout under `<index>/embeddings/`:
     shard_00000.npy           the document vectors of rows [0, shard_size), float32 or float16
     shard_00000.ids.json      their passage ids; written after the vectors, so it marks a finished shard
 
-This module is the only one that knows the file names. The shards stay on disk after the build:
+A shard's files are the same whichever process wrote them: under torchrun each process embeds the
+shards dealt to it into this one directory (radit.retriever.index). This module is the only one
+that knows the file names. The shards stay on disk after the build:
 exact re-ranking and R-ft (p_R against the frozen document tower) read rows from them by memory map.
 """
 
@@ -77,6 +79,13 @@ def shard_done(emb_dir: Path, i: int, rows: int, dim: int) -> bool:
     except (FileNotFoundError, ValueError):
         return False
     return True
+
+
+def unfinished_shards(emb_dir: Path, count: int, shard_size: int, dim: int) -> list[int]:
+    """The shards of a `count`-row index that are not finished and readable, in order: what a
+    (re)run of the build embeds; all of them in a new directory."""
+    n_shards = max(1, -(-count // shard_size))
+    return [i for i in range(n_shards) if not shard_done(emb_dir, i, shard_rows(i, count, shard_size), dim)]
 
 
 def load_shard_ids(emb_dir: Path, i: int, rows: int) -> list[str]:

@@ -13,6 +13,13 @@ each process resumes its own dropout masks) and the loop's own state (step, data
 score, ...) as JSON. Under several processes rank 0 alone writes (the weights and the optimizer state
 are the same everywhere: data-parallel replicas) and every process reads.
 
+A model sharded by FSDP (version 2, `fully_shard`: each process holds a slice of every parameter and
+of its optimizer state) writes the same files: `gather_trainable_state` and `gather_optimizer_state`
+assemble the whole of both on rank 0's CPU, and `load_training_state` broadcasts them back from rank
+0 (through `radit.distributed`, which owns the torch.distributed calls). A checkpoint therefore
+resumes on any number of processes, sharded or not, whichever wrote it; the price is a full copy of
+the trainable weights and their optimizer state in rank 0's CPU memory.
+
 A checkpoint is written into a temporary directory that is renamed into place (`radit.artifacts.
 atomic_path`), then `latest` is replaced: a run killed at any moment leaves the previous checkpoint
 intact, and at worst a `.step-*.tmp-*` leftover that `save_checkpoint` removes next time.
@@ -50,6 +57,14 @@ from radit.artifacts import (
     mark_output_dir,
 )
 from radit.config_io import load_yaml, save_yaml
+from radit.distributed import (
+    broadcast_object,
+    full_model_state,
+    full_optimizer_state,
+    is_main,
+    is_sharded,
+    load_full_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +129,26 @@ def load_trainable(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) 
     Raises:
         ValueError: the names differ from the model's trainable parameters (another model or method).
     """
+    problem = _mismatch(model, weights)
+    if problem:
+        raise ValueError(problem)
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(weights[name].to(p.device, p.dtype))
+
+
+def _mismatch(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> str | None:
+    """Why `weights` cannot be loaded into `model`'s trainable parameters, or None."""
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     missing, unexpected = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
     if missing or unexpected:
-        raise ValueError(f"checkpoint weights do not match the model's trainable parameters "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]}); it was written for another model or method")
-    with torch.no_grad():
-        for name, p in params.items():
-            if p.shape != weights[name].shape:
-                raise ValueError(f"checkpoint weight {name} has shape {tuple(weights[name].shape)}, the model's {tuple(p.shape)}")
-            p.copy_(weights[name].to(p.device, p.dtype))
+        return (f"checkpoint weights do not match the model's trainable parameters (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}); it was written for another model or method")
+    for name, p in params.items():  # a sharded parameter's shape is the whole one
+        if p.shape != weights[name].shape:
+            return f"checkpoint weight {name} has shape {tuple(weights[name].shape)}, the model's {tuple(p.shape)}"
+    return None
 
 
 def save_weights(path: str | Path, weights: Mapping[str, torch.Tensor]) -> None:
@@ -249,6 +274,54 @@ def latest_checkpoint(run_dir: str | Path) -> Checkpoint | None:
         path = steps[-1][1]
     state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     return Checkpoint(path, int(state["step"]), state)
+
+
+# --------------------------------------------------------------------------- sharded models (FSDP)
+
+
+def gather_trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """`trainable_state(model)` on rank 0, None on the others.
+
+    For a sharded model every process must call it: the slices are gathered onto rank 0's CPU
+    (`radit.distributed.full_model_state`).
+    """
+    if not is_sharded(model):
+        return trainable_state(model) if is_main() else None
+    return full_model_state(model, trainable_only=True)
+
+
+def gather_optimizer_state(model: torch.nn.Module, optimizer) -> dict[str, Any] | None:
+    """`optimizer.state_dict()` on rank 0, None on the others, in torch's format (parameters numbered
+    in the optimizer's order) whether or not `model` is sharded.
+
+    For a sharded model every process must call it: the slices are gathered onto rank 0's CPU
+    (`radit.distributed.full_optimizer_state`).
+    """
+    if not is_sharded(model):
+        return optimizer.state_dict() if is_main() else None
+    return full_optimizer_state(model, optimizer)
+
+
+def load_training_state(model: torch.nn.Module, optimizer, checkpoint: Checkpoint) -> None:
+    """Load a checkpoint's trainable weights and optimizer state into `model` and `optimizer`,
+    whatever number of processes wrote it.
+
+    For a sharded model every process must call it: rank 0 reads the files and the slices are
+    broadcast from it (`radit.distributed.load_full_state`).
+
+    Raises:
+        ValueError: the checkpoint's weights are not the model's trainable parameters (on every process).
+    """
+    if not is_sharded(model):
+        load_trainable(model, checkpoint.weights())
+        optimizer.load_state_dict(checkpoint.optimizer_state())
+        return
+    weights = checkpoint.weights() if is_main() else {}
+    problem = broadcast_object(_mismatch(model, weights) if is_main() else None)  # all raise, or none waits forever
+    if problem:
+        raise ValueError(problem)
+    # Frozen weights are not in the checkpoint: they keep the values the model was loaded with.
+    load_full_state(model, optimizer, weights, checkpoint.optimizer_state() if is_main() else None)
 
 
 # --------------------------------------------------------------------------- the run directory

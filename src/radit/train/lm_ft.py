@@ -14,9 +14,15 @@ Data-parallel under `accelerate launch` or torchrun (the same command, e.g. `acc
 --config_file configs/accelerate/ddp.yaml -m radit.cli train-lm ...`): a step takes the next
 grad_accum x processes micro-batches of --batch-size rows of the one seeded order, process r the
 r-th, r + processes-th, ...; the loss is normalised by the target tokens of the whole step, so 2
-processes x batch 2 train as 1 process x batch 4 (tests/test_ddp.py). Rank 0 alone evaluates and writes.
-FSDP and DeepSpeed (configs/accelerate/fsdp.yaml, deepspeed-*.yaml) are refused for now
-(`check_data_parallel`): checkpoints and the saved model are rank 0's whole copy.
+processes x batch 2 train as 1 process x batch 4 (tests/test_ddp.py). Rank 0 alone writes.
+
+FSDP (version 2, configs/accelerate/fsdp.yaml) shards the weights and the optimizer state over the
+processes; the same loop runs, with three differences: every process evaluates (a forward needs all
+of them), checkpoints gather the whole trainable weights and optimizer state onto rank 0, so they
+resume on any number of processes (`radit.train.checkpoint`), and rank 0 saves model/ from a fresh
+CPU copy of --model that it loads the gathered weights into (tests/test_fsdp.py). accelerate runs
+FSDP on GPUs only: on CPUs that preset trains data-parallel, with whole copies. DeepSpeed is refused
+(`check_data_parallel`).
 
 Dev evaluation, every --eval-every steps and at the end (the paper's early stopping):
 
@@ -52,6 +58,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -74,16 +81,18 @@ from radit.lm.scoring import target_logprobs
 from radit.prompts import to_model_text
 from radit.runtime import machine_info, resolve_device, resolve_dtype
 from radit.train.checkpoint import (
+    gather_optimizer_state,
+    gather_trainable_state,
     inspect_run_dir,
     latest_checkpoint,
     load_best,
     load_trainable,
+    load_training_state,
     read_metrics,
     rng_state,
     save_best,
     save_checkpoint,
     start_run_dir,
-    trainable_state,
     truncate_metrics,
 )
 from radit.train.losses import count_targets, nll_from_logprobs
@@ -335,6 +344,17 @@ def model_card(cfg: TrainLMConfig, summary: dict[str, Any]) -> str:
     ])
 
 
+def with_method(model, cfg: TrainLMConfig):
+    """`model` ready for --method: itself for full fine-tuning, wrapped with fresh LoRA adapters for lora."""
+    if cfg.method != "lora":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = cfg.lora
+    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                            target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+
+
 def save_model(model, tokenizer, cfg: TrainLMConfig, summary: dict[str, Any]) -> Path:
     """Write output/model/ atomically: the (merged) model or the LoRA adapter, tokenizer, template, config, card."""
     path = Path(cfg.output) / "model"
@@ -352,6 +372,7 @@ def save_model(model, tokenizer, cfg: TrainLMConfig, summary: dict[str, Any]) ->
 def _make_accelerator(cfg: TrainLMConfig, dtype: str):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DistributedType
 
     device = resolve_device(cfg.device)
     if world_size() <= 1:
@@ -363,23 +384,31 @@ def _make_accelerator(cfg: TrainLMConfig, dtype: str):
             torch.cuda.set_device(device)
     # Gradient accumulation is done by hand (normalised by the step's target tokens), so accelerate's is off.
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=_MIXED_PRECISION[dtype], gradient_accumulation_steps=1)
-    check_data_parallel(accelerator.distributed_type)
+    fsdp_plugin = getattr(accelerator.state, "fsdp_plugin", None)  # set under FSDP only
+    check_data_parallel(accelerator.distributed_type, getattr(fsdp_plugin, "fsdp_version", None))
+    fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"  # what accelerate launch sets for fsdp.yaml
+    if fsdp_asked and accelerator.distributed_type != DistributedType.FSDP and accelerator.is_main_process:
+        log.warning("accelerate runs FSDP on GPUs only: on %s every process trains a whole copy (data-parallel)", device)
     return accelerator
 
 
-def check_data_parallel(distributed_type) -> None:
-    """Refuse accelerate's sharded modes: the loop saves checkpoints and the model from rank 0's
-    whole copy of the weights and the optimizer state, which FSDP and DeepSpeed split over the processes.
+def check_data_parallel(distributed_type, fsdp_version: int | None = None) -> None:
+    """Refuse the accelerate modes the loop does not handle: DeepSpeed, which steps the optimizer
+    inside backward while the loop accumulates and steps by hand (and is untested: not a radit
+    dependency), FSDP version 1 (its flattened parameters; version 2 is handled) and Megatron-LM.
 
     Raises:
-        ValueError: `distributed_type` (an `accelerate.DistributedType`) is FSDP, DeepSpeed or Megatron-LM.
+        ValueError: `distributed_type` (an `accelerate.DistributedType`) is one of those.
     """
     from accelerate.utils import DistributedType
 
-    if distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
-        raise ValueError(f"train-lm runs data-parallel only (DDP, e.g. accelerate launch --config_file "
-                         f"configs/accelerate/ddp.yaml); accelerate's {distributed_type.value} shards the weights and "
-                         "the optimizer state, which its checkpoints and saved model do not handle yet")
+    if distributed_type == DistributedType.FSDP and fsdp_version != 2:
+        raise ValueError(f"train-lm runs FSDP version 2 (fully_shard), not {fsdp_version}: set fsdp_version: 2 as "
+                         "configs/accelerate/fsdp.yaml does, or pass --fsdp_version 2 to accelerate launch")
+    if distributed_type in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        raise ValueError(f"train-lm does not run under accelerate's {distributed_type.value}: use configs/accelerate/"
+                         "ddp.yaml (data-parallel; LoRA fits there) or configs/accelerate/fsdp.yaml (weights and "
+                         "optimizer state sharded)")
 
 
 # --------------------------------------------------------------------------- the loop
@@ -391,7 +420,8 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
     Args:
         cfg: the run's settings.
         lm: an already-loaded (model, tokenizer) of `cfg.model` to train in place (tests, notebooks);
-            default: `load_lm(cfg.model)`.
+            default: `load_lm(cfg.model)`. Under FSDP the saved model's frozen weights are read from
+            `cfg.model` again.
 
     Raises:
         FileNotFoundError, ValueError: a missing or malformed data file (file:line), no example that
@@ -434,7 +464,7 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
     template = _data_template(cfg)
     settings = InferenceConfig(mode="replug", k=cfg.eval_k, retrieval_temperature=temperature, template=template.name, dtype=dtype)
 
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
 
     set_seed(cfg.seed)  # python, numpy, torch: the LoRA initialisation
     model, tokenizer = lm if lm is not None else load_lm(cfg.model, device=str(device), dtype="float32")
@@ -459,16 +489,15 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
     dev_batches = [collate_rows([[dev_pairs[i] for i in row] for row in mb], pad, cfg.pack)
                    for mb in plan_epoch(dev_lengths, cfg.max_length, cfg.batch_size, cfg.pack, cfg.seed, 0, shuffle=False)]
 
-    if cfg.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lora = cfg.lora
-        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+    model = with_method(model, cfg)
     model.train()
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr_at(1, cfg), cfg.weight_decay)
+    # Under DDP: rank 0's weights on every process; under FSDP: each process keeps its slice of them,
+    # as new parameter objects (hence `params` is taken after).
+    model, optimizer = accelerator.prepare(model, optimizer)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(params, lr_at(1, cfg), cfg.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)  # under DDP: rank 0's weights on every process
+    unwrapped = accelerator.unwrap_model(model)  # FSDP2's model is its own unwrapped one, still sharded
+    sharded = accelerator.distributed_type == DistributedType.FSDP
     if rank:
         set_seed(cfg.seed + rank)  # dropout: each process its own masks (rank 0 draws the one-process run's)
 
@@ -480,8 +509,7 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
 
     step, epoch, index, best, total_tokens, train_loss = 0, 0, 0, None, 0, None
     if ckpt is not None:
-        load_trainable(accelerator.unwrap_model(model), ckpt.weights())
-        optimizer.load_state_dict(ckpt.optimizer_state())
+        load_training_state(unwrapped, optimizer, ckpt)
         ckpt.restore_rng(rank, cfg.seed)
         # The position is counted in micro-batches, which do not depend on the number of processes.
         step, epoch, index = ckpt.step, ckpt.state["epoch"], ckpt.state["batch_index"]
@@ -522,6 +550,8 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
                     accelerator.backward(loss * world)  # DDP averages gradients over processes; undo it
                 nll += loss.detach()
             grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor, replicated on every process
+                grad_norm = grad_norm.full_tensor()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             train_loss = float(accelerator.reduce(nll, "sum"))
@@ -536,28 +566,32 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
                 metrics_file.write(json.dumps(record) + "\n")
 
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                if main:
+                better = False
+                if main or sharded:  # a sharded forward needs every process: all run the same evaluation
                     t_eval = time.perf_counter()
-                    result = evaluate(accelerator.unwrap_model(model), tokenizer, dev_batches, questions, hits, settings,
-                                      template)
+                    result = evaluate(unwrapped, tokenizer, dev_batches, questions, hits, settings, template)
                     result = {"kind": "eval", "step": step, **result, "dev_questions": len(questions),
                               "dev_examples": n_dev, "seconds": time.perf_counter() - t_eval}
+                    better = selecting and is_better(result, best)
+                if main:
                     metrics_file.write(json.dumps(result) + "\n")
                     log.info("step %d: dev loss %s, dev EM %s", step, result["dev_loss"], result["dev_em"])
-                    if selecting and is_better(result, best):
-                        best = {k: result[k] for k in ("step", "dev_em", "dev_loss")}
-                        save_best(out, trainable_state(accelerator.unwrap_model(model)), best)
+                if broadcast_object(better):
+                    best = {k: result[k] for k in ("step", "dev_em", "dev_loss")} if main else best
+                    weights = gather_trainable_state(unwrapped)  # under FSDP every process sends its slices
+                    if main:
+                        save_best(out, weights, best)
                 accelerator.wait_for_everyone()
             if main:
                 metrics_file.flush()
 
             if step % cfg.checkpoint_every == 0:
                 rngs = gather_object(rng_state())  # each process's dropout stream
+                weights, optimizer_state = gather_trainable_state(unwrapped), gather_optimizer_state(unwrapped, optimizer)
                 if main:
                     state = {"epoch": epoch, "batch_index": index, "seed": cfg.seed, "best": best, "tokens": total_tokens,
                              "train_loss": train_loss, "data_sha256": data_sha, "processes": world}
-                    save_checkpoint(out, step, trainable_state(accelerator.unwrap_model(model)), optimizer.state_dict(), state,
-                                    rng=rngs)
+                    save_checkpoint(out, step, weights, optimizer_state, state, rng=rngs)
                 accelerator.wait_for_everyone()
     finally:
         bar.close()
@@ -566,8 +600,13 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
 
     # ---------------------------------------------------------------- save the best evaluation's model
     summary: dict[str, Any] | None = None
+    last = gather_trainable_state(unwrapped) if sharded else None  # every process sends its slices (even if best/ wins)
     if main:
-        final = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+        if sharded:  # rank 0 has no whole model: a CPU copy of --model takes the gathered weights
+            final = with_method(load_lm(cfg.model, device="cpu", dtype="float32")[0], cfg)
+            load_trainable(final, last)
+        else:
+            final = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
         if selecting and best is not None and best["step"] != step:
             load_trainable(final, load_best(out, best["step"]))
         seconds = time.perf_counter() - t_start

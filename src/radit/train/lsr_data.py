@@ -2,6 +2,7 @@
 chunk (RA-DIT §2.4, Eq. 4), computed once and cached (the paper precomputes them with the base LM).
 
     radit build-lsr-data --config configs/lsr-data-quickstart.yaml
+    torchrun --nproc-per-node 4 -m radit.cli build-lsr-data --config configs/lsr-data-quickstart.yaml  # a process per GPU
 
 Pairs:
 
@@ -16,18 +17,27 @@ Scoring: every (pair, chunk) needs log p_LM(y | c ∘ x). The chunk comes first 
 pairs share chunks, so the pairs are scored a part at a time: each distinct chunk of the part is
 run once and its KV cache reused by every pair that retrieved it (`radit.lm.shared_prefix`).
 
+Several processes (torchrun, accelerate launch) split the scoring, the slow part: rank 0 builds the
+pairs and writes pairs.jsonl, then each process scores a contiguous run of whole parts
+(`radit.distributed.shard_range` over the parts) into a file of its own, and rank 0 merges them into
+scores.jsonl. A part holds the same pairs on any number of processes, so it reuses the same chunks
+and gets the same scores as on one (`part_size` is thus also the unit of the split).
+
 The output directory:
 
     pairs.jsonl     one line per pair: id, kind (corpus | task), source, query, target, rows (index
                     rows of its top-k), passage_ids, scores (retrieval scores)
     scores.jsonl    one line per scored pair, in pairs.jsonl order: i, logprob (sum of log p(y | c ∘ x)
-                    per chunk), tokens (y's token count); appended a part at a time
+                    per chunk), tokens (y's token count); appended a part at a time by one process
+    scores.rank{r}.jsonl  while several processes score: process r's lines, a part at a time; merged
+                    into scores.jsonl (and removed) once every pair is scored
     manifest.json   the settings, the LM, the index and the template the scores belong to, counts;
                     `complete: true` once every pair is scored
     config.yaml     the resolved config
 
-A rerun with the same settings continues after the last finished part; a cache made with another
-LM, index, template or pair set is refused (pass --overwrite).
+A rerun with the same settings, on any number of processes, scores only the pairs that no score file
+holds (lines are keyed by pair index i); a cache made with another LM, index, template or pair set is
+refused (pass --overwrite).
 """
 
 from __future__ import annotations
@@ -35,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -45,7 +54,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import torch
 
+from radit import distributed
 from radit.artifacts import atomic_open, atomic_write_json, check_output_target, mark_output_dir
 from radit.augment import chunk_text
 from radit.config import LSRDataConfig
@@ -219,6 +230,15 @@ def score_requests(records: list[dict[str, Any]], store, tokenizer, template: Pr
 
 def read_scores(path: Path, n_pairs: int) -> list[dict[str, Any]]:
     """The complete lines of scores.jsonl (a line cut by a kill is dropped), checked to be in order."""
+    lines = _complete_lines(path)
+    for n, rec in enumerate(lines):
+        if rec.get("i") != n or n >= n_pairs:
+            raise ValueError(f"{path}: line {n + 1} is out of order; pass --overwrite to score again")
+    return lines
+
+
+def _complete_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of `path` up to a last one cut by a kill (none if there is no file)."""
     lines: list[dict[str, Any]] = []
     if not path.is_file():
         return lines
@@ -226,10 +246,7 @@ def read_scores(path: Path, n_pairs: int) -> list[dict[str, Any]]:
         for line in f:
             if not line.endswith("\n"):
                 break  # cut by a kill
-            rec = json.loads(line)
-            if rec.get("i") != len(lines) or len(lines) >= n_pairs:
-                raise ValueError(f"{path}: line {len(lines) + 1} is out of order; pass --overwrite to score again")
-            lines.append(rec)
+            lines.append(json.loads(line))
     return lines
 
 
@@ -260,8 +277,22 @@ def index_identity(index_dir: str | Path) -> dict[str, Any]:
             "doc_encoder_fingerprint": m.get("encoder", {}).get("doc_encoder_fingerprint")}
 
 
+@dataclasses.dataclass
+class _Plan:
+    """What rank 0 tells every process once --output is ready to score into."""
+
+    manifest: dict[str, Any]
+    todo: list[int]
+    """The pairs no score file holds yet, in pairs.jsonl order."""
+    sharded: bool
+    """Score into per-rank files and merge them at the end: several processes, or rank files left by
+    such a run. Else the one-process way: append to scores.jsonl."""
+
+
 def build_lsr_data(cfg: LSRDataConfig) -> dict[str, Any]:
     """The `radit build-lsr-data` stage; returns the manifest (also written to manifest.json).
+
+    Under torchrun every process returns it, once rank 0 has written the complete cache.
 
     Raises:
         FileNotFoundError, ValueError: a missing index or source, a BM25 index, an --output holding
@@ -271,8 +302,11 @@ def build_lsr_data(cfg: LSRDataConfig) -> dict[str, Any]:
     from radit.lm.shared_prefix import shared_prefix_logprobs
     from radit.retriever.search import DenseSearcher, load_searcher
 
+    distributed.init(cfg.device)  # under torchrun / accelerate launch: join the other processes; else nothing
+    rank, world = distributed.rank(), distributed.world_size()
     t_start = time.perf_counter()
     out = Path(cfg.output)
+    # Every process loads the index and the LM: each one scores.
     if not Path(cfg.index).is_dir():
         raise FileNotFoundError(f"--index {cfg.index}: no index there; build one with `radit index`")
     searcher = load_searcher(cfg.index, query_encoder=cfg.query_encoder, device=cfg.device)
@@ -285,10 +319,92 @@ def build_lsr_data(cfg: LSRDataConfig) -> dict[str, Any]:
     if template.choices is not None:
         raise ValueError(f"--template {template.name} is a multiple-choice template; task pairs need an open-answer one (qa)")
     model, tokenizer = load_lm(cfg.model, device=cfg.device, dtype=dtype)
-    identity = _identity(cfg, searcher, model, template)
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in _RESUMABLE}
 
-    # ---------------------------------------------------------------- resume, or refuse a foreign cache
+    # Rank 0 alone reads and writes --output. An error there is sent to the other processes too, so
+    # that each stops with the same message rather than waiting for a plan that never comes.
+    records: list[dict[str, Any]] = []
+    plan: _Plan | ValueError | OSError | None = None
+    if rank == 0:
+        try:
+            records, plan = _prepare_output(cfg, out, _identity(cfg, searcher, model, template), searcher, tokenizer,
+                                            dtype, sharded=world > 1)
+        except (ValueError, OSError) as e:
+            plan = e
+    plan = distributed.broadcast_object(plan)
+    if isinstance(plan, Exception):
+        raise plan
+    assert plan is not None
+    manifest = plan.manifest
+    if manifest["complete"]:
+        return manifest
+    if rank != 0:
+        with open(out / PAIRS_FILE, encoding="utf-8") as f:
+            records = [json.loads(line) for line in f]
+
+    # ---------------------------------------------------------------- score, a part at a time
+    # Each process takes a contiguous run of whole parts: a part holds the pairs it holds on one
+    # process, so it reuses the same prefixes and gets the same scores, whatever the number of processes.
+    parts = pending_parts(plan.todo, cfg.part_size)
+    mine = [parts[j] for j in distributed.shard_range(len(parts))]
+    store = searcher.store
+    del searcher  # the query encoder is not needed any more
+    my_requests = sum(len(records[i]["rows"]) for part in mine for i in part)
+    already = 0 if world > 1 else sum(len(r["rows"]) for r in records) - my_requests  # one process: the whole cache's bar
+    bar = progress_bar(total=already + my_requests, initial=already, desc="LSR scores", unit="pair")  # (pair, chunk) pairs
+    stats = {"requests": 0, "truncated": 0, "distinct_chunks": 0, "slots": 0}
+    t_score = time.perf_counter()
+    with open(out / (rank_scores_file(rank) if plan.sharded else SCORES_FILE), "a", encoding="utf-8") as f:
+        for indices in mine:
+            part = [records[i] for i in indices]
+            prefixes, requests = score_requests(part, store, tokenizer, template)
+            stats["distinct_chunks"] += len(prefixes)
+            stats["slots"] += len(requests)
+            part_stats: dict[str, int] = {}
+            logprobs = shared_prefix_logprobs(model, tokenizer, prefixes, requests, dtype=dtype, naive=cfg.naive,
+                                              stats=part_stats, on_progress=bar.update)
+            stats["truncated"] += part_stats.get("truncated", 0)
+            stats["requests"] += len(requests)
+            bar.set_postfix(pairs_s=f"{stats['requests'] / (time.perf_counter() - t_score):.1f}")
+            at = 0
+            lines = []
+            for i, rec in zip(indices, part):
+                lps = logprobs[at : at + len(rec["rows"])]
+                at += len(rec["rows"])
+                lines.append(json.dumps({"i": i, "logprob": [float(lp.double().sum()) for lp in lps],
+                                         "tokens": int(lps[0].numel()) if lps else 0}) + "\n")
+            f.write("".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+    bar.close()
+    # Collectives: every process has closed its file before rank 0 merges them.
+    by_rank = distributed.all_gather_object(stats["requests"])
+    totals = distributed.all_reduce_sum(torch.tensor(list(stats.values()), dtype=torch.int64))
+    stats = dict(zip(stats, (int(x) for x in totals)))
+    seconds = time.perf_counter() - t_score  # after the collectives: the slowest process's time
+    if rank == 0:
+        if plan.sharded:
+            merge_scores(out, len(records))
+        n_new = stats.pop("requests")
+        manifest.update({
+            "complete": True, "scoring": {"requests": n_new, "seconds": round(seconds, 2),
+                                          "pairs_per_s": round(n_new / seconds, 3) if seconds > 0 and n_new else None,
+                                          "prefix_reuse": not cfg.naive, **stats, "processes": world,
+                                          "requests_by_rank": by_rank},
+            "seconds": round(time.perf_counter() - t_start, 2), "machine": machine_info(device),
+        })
+        atomic_write_json(out / MANIFEST_FILE, manifest)
+    # Every process returns the manifest, and only once rank 0 has written everything.
+    return distributed.broadcast_object(manifest)
+
+
+def _prepare_output(cfg: LSRDataConfig, out: Path, identity: dict[str, Any], searcher, tokenizer, dtype: str,
+                    sharded: bool) -> tuple[list[dict[str, Any]], _Plan]:
+    """Rank 0's part before scoring: refuse a foreign cache, or resume one, or build the pairs and
+    their top-k; write pairs.jsonl, config.yaml and an incomplete manifest; find what is left to score.
+
+    Returns the pairs.jsonl records and the plan; its manifest is the old one if the cache is complete.
+    """
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in _RESUMABLE}
     manifest_path = out / MANIFEST_FILE
     resume = False
     if out.exists():
@@ -302,7 +418,7 @@ def build_lsr_data(cfg: LSRDataConfig) -> dict[str, Any]:
                                  "pass --overwrite to score again or choose another --output")
             if old.get("complete"):
                 log.info("%s: the cache is complete; nothing to do (pass --overwrite to score again)", out)
-                return old
+                return [], _Plan(old, [], False)
             resume = (out / PAIRS_FILE).is_file()
 
     # ---------------------------------------------------------------- pairs and their top-k
@@ -322,14 +438,15 @@ def build_lsr_data(cfg: LSRDataConfig) -> dict[str, Any]:
         # same part, their chunks are prefilled once (600 quickstart pairs: 4,107 prefills instead of 4,818).
         records.sort(key=lambda r: (r["kind"], r["passage_ids"][0].rsplit("#", 1)[0] if r["passage_ids"] else ""))
         if cfg.overwrite and out.exists():
-            for name in (PAIRS_FILE, SCORES_FILE, MANIFEST_FILE, "config.yaml"):
+            for name in (PAIRS_FILE, MANIFEST_FILE, "config.yaml"):
                 (out / name).unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
         mark_output_dir(out, _MARKER_NAME)
         with atomic_open(out / PAIRS_FILE) as f:
             for rec in records:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        (out / SCORES_FILE).unlink(missing_ok=True)
+        for path in score_files(out):
+            path.unlink()
     save_yaml(cfg, out / "config.yaml")
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION, **identity, "settings": settings, "dtype": dtype, "complete": False,
@@ -338,50 +455,72 @@ def build_lsr_data(cfg: LSRDataConfig) -> dict[str, Any]:
     }
     atomic_write_json(manifest_path, manifest)
 
-    # ---------------------------------------------------------------- score, a part at a time
-    done = read_scores(out / SCORES_FILE, len(records))
+    done = collect_scores(out, len(records))
     if done:
-        _rewrite_complete_lines(out / SCORES_FILE, done)
         log.info("resuming: %d of %d pairs already scored", len(done), len(records))
-    store = searcher.store
-    del searcher  # the query encoder is not needed any more
-    total_requests = sum(len(r["rows"]) for r in records)
-    scored_requests = sum(len(r["rows"]) for r in records[: len(done)])
-    stats = {"truncated": 0, "distinct_chunks": 0, "slots": 0}
-    t_score, n_new = time.perf_counter(), 0
-    bar = progress_bar(total=total_requests, initial=scored_requests, desc="LSR scores", unit="pair")  # (pair, chunk) pairs
-    with open(out / SCORES_FILE, "a", encoding="utf-8") as f:
-        for start in range(len(done), len(records), cfg.part_size):
-            part = records[start : start + cfg.part_size]
-            prefixes, requests = score_requests(part, store, tokenizer, template)
-            stats["distinct_chunks"] += len(prefixes)
-            stats["slots"] += len(requests)
-            part_stats: dict[str, int] = {}
-            logprobs = shared_prefix_logprobs(model, tokenizer, prefixes, requests, dtype=dtype, naive=cfg.naive,
-                                              stats=part_stats, on_progress=bar.update)
-            stats["truncated"] += part_stats.get("truncated", 0)
-            n_new += len(requests)
-            bar.set_postfix(pairs_s=f"{n_new / (time.perf_counter() - t_score):.1f}")
-            at = 0
-            lines = []
-            for i, rec in enumerate(part, start):
-                lps = logprobs[at : at + len(rec["rows"])]
-                at += len(rec["rows"])
-                lines.append(json.dumps({"i": i, "logprob": [float(lp.double().sum()) for lp in lps],
-                                         "tokens": int(lps[0].numel()) if lps else 0}) + "\n")
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
-    bar.close()
-    seconds = time.perf_counter() - t_score
-    manifest.update({
-        "complete": True, "scoring": {"requests": n_new, "seconds": round(seconds, 2),
-                                      "pairs_per_s": round(n_new / seconds, 3) if seconds > 0 and n_new else None,
-                                      "prefix_reuse": not cfg.naive, **stats},
-        "seconds": round(time.perf_counter() - t_start, 2), "machine": machine_info(device),
-    })
-    atomic_write_json(manifest_path, manifest)
-    return manifest
+    todo = [i for i in range(len(records)) if i not in done]
+    return records, _Plan(manifest, todo, sharded or any(p.name != SCORES_FILE for p in score_files(out)))
+
+
+def pending_parts(todo: list[int], part_size: int) -> list[range]:
+    """The pairs left to score (ascending indices), cut into parts of at most `part_size`.
+
+    Each run of consecutive pairs is cut from its first pair on, so a fresh run has the parts of a
+    one-process run on any number of processes, and a run resumed after a kill (which stops a
+    process at the end of a part, or within its last one) scores the parts that were left.
+    """
+    parts: list[range] = []
+    start = 0
+    for j in range(1, len(todo) + 1):
+        if j == len(todo) or todo[j] != todo[j - 1] + 1:  # the end of a run
+            first, last = todo[start], todo[j - 1] + 1
+            parts.extend(range(a, min(a + part_size, last)) for a in range(first, last, part_size))
+            start = j
+    return parts
+
+
+def rank_scores_file(rank: int) -> str:
+    """The score file process `rank` appends to when several processes score."""
+    return f"scores.rank{rank}.jsonl"
+
+
+def score_files(out: Path) -> list[Path]:
+    """The score files in `out`: scores.jsonl (if any) and every per-rank file, of any number of processes."""
+    return [p for p in [out / SCORES_FILE, *sorted(out.glob("scores.rank*.jsonl"))] if p.is_file()]
+
+
+def collect_scores(out: Path, n_pairs: int) -> dict[int, dict[str, Any]]:
+    """Every score line written so far, by pair index: the in-order lines of scores.jsonl and the
+    lines of the per-rank files, whichever processes wrote them.
+
+    A line cut by a kill is dropped from its file, so that appending continues on a clean line boundary.
+    """
+    done: dict[int, dict[str, Any]] = {}
+    for path in score_files(out):
+        lines = read_scores(path, n_pairs) if path.name == SCORES_FILE else _complete_lines(path)
+        for n, rec in enumerate(lines, 1):
+            if not isinstance(rec.get("i"), int) or not 0 <= rec["i"] < n_pairs:
+                raise ValueError(f"{path}: line {n} names pair {rec.get('i')!r} of {n_pairs}; "
+                                 "pass --overwrite to score again")
+            done.setdefault(rec["i"], rec)  # a pair twice (a merge cut short) has the same scores twice
+        _rewrite_complete_lines(path, lines)
+    return done
+
+
+def merge_scores(out: Path, n_pairs: int) -> None:
+    """Write every score line into scores.jsonl in pair order, then remove the per-rank files.
+
+    Killed in between, the next run finds the same lines twice and merges again.
+    """
+    done = collect_scores(out, n_pairs)
+    missing = [i for i in range(n_pairs) if i not in done]
+    if missing:
+        raise RuntimeError(f"{out}: {len(missing)} pairs unscored after scoring (first: {missing[0]})")
+    with atomic_open(out / SCORES_FILE) as f:
+        f.writelines(json.dumps(done[i]) + "\n" for i in range(n_pairs))
+    for path in score_files(out):
+        if path.name != SCORES_FILE:
+            path.unlink()
 
 
 def _rewrite_complete_lines(path: Path, lines: list[dict[str, Any]]) -> None:
@@ -392,84 +531,3 @@ def _rewrite_complete_lines(path: Path, lines: list[dict[str, Any]]) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(x) + "\n" for x in lines)
         shutil.move(tmp, path)
-
-
-# --------------------------------------------------------------------------- reading the cache
-
-
-@dataclasses.dataclass
-class LSRCache:
-    """A complete cache as arrays: what the R-ft loop trains on."""
-
-    manifest: dict[str, Any]
-    ids: list[str]
-    kinds: np.ndarray
-    """[N] str: corpus | task"""
-    queries: list[str]
-    rows: np.ndarray
-    """[N, k] int64 index rows (-1 where a pair has fewer than k chunks)."""
-    logprob: np.ndarray
-    """[N, k] float64 sum of log p_LM(y | c ∘ x) per chunk (-inf where there is no chunk)."""
-    tokens: np.ndarray
-    """[N] int64 tokens of y."""
-    answers: list[str]
-
-
-def read_cache(path: str | Path) -> LSRCache:
-    """The pairs and scores of a complete `radit build-lsr-data` output.
-
-    Raises:
-        FileNotFoundError: no cache there. ValueError: an incomplete or damaged one (one line, what to do).
-    """
-    path = Path(path)
-    manifest_path = path / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"--data {path}: no LSR cache there (no {MANIFEST_FILE}); build it with `radit build-lsr-data`")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    if not manifest.get("complete"):
-        raise ValueError(f"--data {path}: the cache is incomplete (scoring stopped); rerun `radit build-lsr-data "
-                         f"--config {path / 'config.yaml'}` to finish it")
-    with open(path / PAIRS_FILE, encoding="utf-8") as f:
-        pairs = [json.loads(line) for line in f if line.strip()]
-    scores = read_scores(path / SCORES_FILE, len(pairs))
-    if len(scores) != len(pairs) or len(pairs) != manifest["pairs"]:
-        raise ValueError(f"--data {path}: {len(pairs)} pairs and {len(scores)} score lines, the manifest says "
-                         f"{manifest['pairs']}; rebuild it with `radit build-lsr-data --overwrite`")
-    k = max((len(p["rows"]) for p in pairs), default=0)
-    rows = np.full((len(pairs), k), -1, dtype=np.int64)
-    logprob = np.full((len(pairs), k), -math.inf)
-    for i, (p, s) in enumerate(zip(pairs, scores)):
-        if len(s["logprob"]) != len(p["rows"]):
-            raise ValueError(f"{path / SCORES_FILE}:{i + 1}: {len(s['logprob'])} scores for {len(p['rows'])} chunks; "
-                             "rebuild it with `radit build-lsr-data --overwrite`")
-        rows[i, : len(p["rows"])] = p["rows"]
-        logprob[i, : len(p["rows"])] = s["logprob"]
-    return LSRCache(manifest, [p["id"] for p in pairs], np.array([p["kind"] for p in pairs]),
-                    [p["query"] for p in pairs], rows, logprob, np.array([s["tokens"] for s in scores], dtype=np.int64),
-                    [p["target"] for p in pairs])
-
-
-def merge_caches(caches: list[LSRCache], names: list[str]) -> LSRCache:
-    """Several caches as one (pairs concatenated, k padded to the largest); they must have been scored
-    by the same LM against the same index (each is still checked against the index by the caller).
-
-    Raises:
-        ValueError: caches of different LMs or indexes, naming the two.
-    """
-    first = caches[0].manifest
-    for cache, name in zip(caches[1:], names[1:]):
-        for key in ("lm", "index"):
-            if cache.manifest[key] != first[key]:
-                raise ValueError(f"--data {name} was scored with another {key} than {names[0]} "
-                                 f"({cache.manifest[key]} vs {first[key]}); train on caches of one LM and one index")
-    if len(caches) == 1:
-        return caches[0]
-    k = max(c.rows.shape[1] for c in caches)
-
-    def pad(a: np.ndarray, value) -> np.ndarray:
-        return np.pad(a, ((0, 0), (0, k - a.shape[1])), constant_values=value)
-
-    return LSRCache(first, [i for c in caches for i in c.ids], np.concatenate([c.kinds for c in caches]),
-                    [q for c in caches for q in c.queries], np.concatenate([pad(c.rows, -1) for c in caches]),
-                    np.concatenate([pad(c.logprob, -math.inf) for c in caches]),
-                    np.concatenate([c.tokens for c in caches]), [a for c in caches for a in c.answers])

@@ -72,7 +72,8 @@ from radit.train.checkpoint import (
     truncate_metrics,
 )
 from radit.train.losses import lsr_log_targets, lsr_loss, lsr_scores
-from radit.train.lsr_data import LSRCache, index_identity, merge_caches, read_cache
+from radit.train.lsr_cache import LSRCache, merge_caches, read_cache
+from radit.train.lsr_data import index_identity
 from radit.train.optim import adamw
 
 log = logging.getLogger(__name__)
