@@ -133,13 +133,13 @@ def test_train_lm_takes_fsdp_2_and_refuses_what_it_cannot_run():
 
     from radit.train.lm_ft import check_data_parallel
 
-    for ok in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
-        check_data_parallel(ok)
+    for ok in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU, DistributedType.DEEPSPEED):
+        check_data_parallel(ok)  # DeepSpeed: tests/test_deepspeed.py
     check_data_parallel(DistributedType.FSDP, 2)
     with pytest.raises(ValueError, match="fsdp_version: 2"):
         check_data_parallel(DistributedType.FSDP, 1)
     with pytest.raises(ValueError, match="configs/accelerate/fsdp.yaml"):
-        check_data_parallel(DistributedType.DEEPSPEED)
+        check_data_parallel(DistributedType.MEGATRON_LM)
 
 
 if __name__ == "__main__":

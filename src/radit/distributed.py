@@ -20,7 +20,7 @@ import atexit
 import contextlib
 import functools
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -347,3 +347,105 @@ def _full_state(**kwargs):
 
 def _plain_optimizer(optimizer) -> torch.optim.Optimizer:
     return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps torch's
+
+
+# --------------------------------------------------------------------------- DeepSpeed ZeRO
+
+
+def _torch_optimizer(optimizer):
+    """torch's optimizer inside accelerate's wrapper of DeepSpeed's ZeRO optimizer."""
+    while hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def _link_deepspeed_optimizer_state(optimizer) -> None:
+    """Make AdamW's state exist for every flat partition (zeros before the first step) and relink
+    DeepSpeed's per-parameter views of it: ZeRO 1-2 (0.19.8) links them once, after the first
+    group's first step, before the other groups have any state ("exp_avg not found in optimizer
+    state fragment")."""
+    chain = [optimizer]
+    while hasattr(chain[-1], "optimizer"):
+        chain.append(chain[-1].optimizer)
+    inner = chain[-1]
+    flats = [flat for group in inner.param_groups for flat in group["params"]]
+    for zero in chain:  # ZeRO-3 keeps the flat partitions the state is read from here
+        flats += list(getattr(zero, "fp32_partitioned_groups_flat", []))
+    for flat in flats:
+        if "exp_avg" not in inner.state.get(flat, {}):
+            inner.state[flat] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(flat),
+                                 "exp_avg_sq": torch.zeros_like(flat)}
+    for zero in chain:
+        if hasattr(zero, "_lazy_init_hp_params_optimizer_state"):  # ZeRO 1-2; ZeRO-3 reads the state afresh
+            zero._hp_optimizer_states_linked = False
+            zero._lazy_init_hp_params_optimizer_state()
+
+
+def deepspeed_full_state(module: torch.nn.Module, optimizer, groups: Sequence[Sequence[torch.nn.Parameter]],
+                         with_optimizer: bool = True) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+    """The whole trainable weights and AdamW state of a DeepSpeed ZeRO (1-3) module on rank 0's CPU,
+    in `full_model_state` / `full_optimizer_state`'s formats; (None, None) on the other processes.
+
+    Every process must call it: each sends its partitions.
+
+    Args:
+        module: the engine's module.
+        optimizer: the engine's optimizer (or accelerate's wrapper of it).
+        groups: the parameters of torch's optimizer as it was built, group by group: the numbering.
+        with_optimizer: False: the weights alone (the optimizer state is None). They are the
+            optimizer's float32 copy, whatever the precision the model computes in.
+    """
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    _link_deepspeed_optimizer_state(optimizer)
+    names = {id(p): name for name, p in module.named_parameters()}
+    inner = _torch_optimizer(optimizer)
+    step = float(next(iter(inner.state.values()))["step"]) if inner.state else 0.0
+    weights, state, i = {}, {}, 0
+    for group in groups:
+        for p in group:
+            full = {"param": safe_get_full_fp32_param(p)}  # collectives: every process, same order
+            if with_optimizer:
+                full.update({key: safe_get_full_optimizer_state(p, key) for key in ("exp_avg", "exp_avg_sq")})
+            if is_main():
+                weights[names[id(p)]] = full["param"].detach().cpu().clone()
+            if is_main() and with_optimizer:
+                state[i] = {"step": torch.tensor(step), **{k: full[k].detach().cpu().clone() for k in ("exp_avg", "exp_avg_sq")}}
+            i += 1
+    if not is_main():
+        return None, None
+    if not with_optimizer:
+        return weights, None
+    param_groups, start = [], 0
+    for group, hyper in zip(groups, inner.param_groups):
+        param_groups.append({**{k: v for k, v in hyper.items() if k != "params"}, "params": list(range(start, start + len(group)))})
+        start += len(group)
+    return weights, {"state": state, "param_groups": param_groups}
+
+
+def load_deepspeed_state(module: torch.nn.Module, optimizer, groups: Sequence[Sequence[torch.nn.Parameter]],
+                         weights: Mapping[str, torch.Tensor] | None, optimizer_state: Mapping[str, Any] | None) -> None:
+    """Load rank 0's whole `weights` and `optimizer_state` (`deepspeed_full_state`'s formats, or a
+    one-process checkpoint's) into a DeepSpeed ZeRO module and its optimizer; every process calls
+    it, what the others pass is ignored. Arguments as `deepspeed_full_state`'s."""
+    import deepspeed
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+    weights, optimizer_state = broadcast_object((weights, optimizer_state))
+    _link_deepspeed_optimizer_state(optimizer)
+    names = {id(p): name for name, p in module.named_parameters()}
+    inner = _torch_optimizer(optimizer)
+    i = 0
+    for group in groups:
+        for p in group:
+            value, saved = weights[names[id(p)]], optimizer_state["state"][i]
+            safe_set_full_fp32_param(p, value)  # the optimizer's fp32 copy ...
+            for key in ("exp_avg", "exp_avg_sq"):
+                safe_set_full_optimizer_state(p, saved[key], key)
+            # ... and the weight the forward reads (ZeRO-3: whole while gathered, then rank 0's is partitioned)
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+                p.data.copy_(value.to(p.device, p.dtype).view_as(p))
+            i += 1
+    step = float(optimizer_state["state"][0]["step"]) if optimizer_state["state"] else 0.0
+    for s in inner.state.values():
+        s["step"] = torch.tensor(step) if torch.is_tensor(s.get("step")) else step

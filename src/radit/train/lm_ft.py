@@ -21,8 +21,17 @@ processes; the same loop runs, with three differences: every process evaluates (
 of them), checkpoints gather the whole trainable weights and optimizer state onto rank 0, so they
 resume on any number of processes (`radit.train.checkpoint`), and rank 0 saves model/ from a fresh
 CPU copy of --model that it loads the gathered weights into (tests/test_fsdp.py). accelerate runs
-FSDP on GPUs only: on CPUs that preset trains data-parallel, with whole copies. DeepSpeed is refused
-(`check_data_parallel`).
+FSDP on GPUs only: on CPUs that preset trains data-parallel, with whole copies.
+
+DeepSpeed ZeRO (configs/accelerate/deepspeed-zero2.yaml, -zero3.yaml) runs the same loop through the
+engine: radit fills the engine's micro-batch, accumulation steps and clipping from --batch-size,
+--grad-accum and --grad-clip (`configure_deepspeed`), marks each step's last micro-batch as the
+accumulation boundary, and backpropagates its own step-normalised loss unscaled; the engine then
+reduces, clips and steps. Checkpoints gather the whole weights and AdamW state onto rank 0 in the
+one-process format (`radit.distributed.deepspeed_full_state`), so they resume with or without
+DeepSpeed; under ZeRO-3 every process evaluates and rank 0 saves model/ from a CPU copy of --model,
+as under FSDP (tests/test_deepspeed.py, which runs where deepspeed is installed; it trains on CPUs
+too, with gloo).
 
 Dev evaluation, every --eval-every steps and at the end (the paper's early stopping):
 
@@ -74,7 +83,14 @@ from radit.artifacts import (
 )
 from radit.config import InferenceConfig, TrainLMConfig
 from radit.config_io import save_yaml, to_dict
-from radit.distributed import broadcast_object, gather_object, progress_bar, world_size
+from radit.distributed import (
+    broadcast_object,
+    deepspeed_full_state,
+    gather_object,
+    load_deepspeed_state,
+    progress_bar,
+    world_size,
+)
 from radit.lm.inputs import IGNORE_INDEX, pad_id
 from radit.lm.model import load_lm, logits_to_keep_supported, model_device
 from radit.lm.scoring import target_logprobs
@@ -382,20 +398,56 @@ def _make_accelerator(cfg: TrainLMConfig, dtype: str):
         GradientState._reset_state()
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"  # accelerate launch, deepspeed-*.yaml
+    handlers = []
+    if deepspeed and not torch.cuda.is_available():
+        from accelerate.utils import InitProcessGroupKwargs
+
+        # accelerate turns DeepSpeed on only without cpu=True, and then, finding no GPU, picks no backend
+        # and counts 1 process: gloo, the backend of DeepSpeed's CPU accelerator, makes it count them.
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
     # Gradient accumulation is done by hand (normalised by the step's target tokens), so accelerate's is off.
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=_MIXED_PRECISION[dtype], gradient_accumulation_steps=1)
+    accelerator = Accelerator(cpu=device.type == "cpu" and not deepspeed, mixed_precision=_MIXED_PRECISION[dtype],
+                              gradient_accumulation_steps=1, kwargs_handlers=handlers)
     fsdp_plugin = getattr(accelerator.state, "fsdp_plugin", None)  # set under FSDP only
     check_data_parallel(accelerator.distributed_type, getattr(fsdp_plugin, "fsdp_version", None))
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        configure_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config, cfg, accelerator.num_processes)
     fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"  # what accelerate launch sets for fsdp.yaml
     if fsdp_asked and accelerator.distributed_type != DistributedType.FSDP and accelerator.is_main_process:
         log.warning("accelerate runs FSDP on GPUs only: on %s every process trains a whole copy (data-parallel)", device)
     return accelerator
 
 
+@contextlib.contextmanager
+def _unpartitioned(deepspeed_plugin=None) -> Iterator[None]:
+    """Models loaded inside are whole: under ZeRO-3 (`deepspeed_plugin` given) transformers would
+    partition them over the processes as they load (zero.Init), which takes every process."""
+    if deepspeed_plugin is None:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        deepspeed_plugin.set_deepspeed_weakref()
+
+
+def configure_deepspeed(ds_config: dict[str, Any], cfg: TrainLMConfig, processes: int) -> None:
+    """Fill the DeepSpeed config of an `accelerate launch` preset from the run's settings, in place:
+    the engine's batch arithmetic, accumulation and clipping are radit's --batch-size, --grad-accum and
+    --grad-clip (the loop still tells the engine where each step ends, and scales the loss itself)."""
+    ds_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
+    ds_config["gradient_accumulation_steps"] = cfg.grad_accum
+    ds_config["train_batch_size"] = cfg.batch_size * cfg.grad_accum * processes
+    ds_config["gradient_clipping"] = cfg.grad_clip  # 0: off, as --grad-clip 0
+
+
 def check_data_parallel(distributed_type, fsdp_version: int | None = None) -> None:
-    """Refuse the accelerate modes the loop does not handle: DeepSpeed, which steps the optimizer
-    inside backward while the loop accumulates and steps by hand (and is untested: not a radit
-    dependency), FSDP version 1 (its flattened parameters; version 2 is handled) and Megatron-LM.
+    """Refuse the accelerate modes the loop does not handle: FSDP version 1 (its flattened
+    parameters; version 2 is handled) and Megatron-LM. DeepSpeed (ZeRO 1-3) runs.
 
     Raises:
         ValueError: `distributed_type` (an `accelerate.DistributedType`) is one of those.
@@ -405,7 +457,7 @@ def check_data_parallel(distributed_type, fsdp_version: int | None = None) -> No
     if distributed_type == DistributedType.FSDP and fsdp_version != 2:
         raise ValueError(f"train-lm runs FSDP version 2 (fully_shard), not {fsdp_version}: set fsdp_version: 2 as "
                          "configs/accelerate/fsdp.yaml does, or pass --fsdp_version 2 to accelerate launch")
-    if distributed_type in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+    if distributed_type == DistributedType.MEGATRON_LM:
         raise ValueError(f"train-lm does not run under accelerate's {distributed_type.value}: use configs/accelerate/"
                          "ddp.yaml (data-parallel; LoRA fits there) or configs/accelerate/fsdp.yaml (weights and "
                          "optimizer state sharded)")
@@ -492,12 +544,22 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
     model = with_method(model, cfg)
     model.train()
     optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr_at(1, cfg), cfg.weight_decay)
+    groups = [list(g["params"]) for g in optimizer.param_groups]  # the checkpoints' numbering, under DeepSpeed
     # Under DDP: rank 0's weights on every process; under FSDP: each process keeps its slice of them,
     # as new parameter objects (hence `params` is taken after).
     model, optimizer = accelerator.prepare(model, optimizer)
     params = [p for p in model.parameters() if p.requires_grad]
     unwrapped = accelerator.unwrap_model(model)  # FSDP2's model is its own unwrapped one, still sharded
-    sharded = accelerator.distributed_type == DistributedType.FSDP
+    # Under DeepSpeed `model` is the engine: it reduces the gradients, clips and steps (see fit).
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    zero3 = deepspeed and accelerator.state.deepspeed_plugin.zero_stage == 3
+    sharded = accelerator.distributed_type == DistributedType.FSDP or zero3
+
+    def gather_weights() -> dict[str, torch.Tensor] | None:
+        """The trainable weights on rank 0 (None elsewhere); every process calls it."""
+        if not deepspeed:
+            return gather_trainable_state(unwrapped)  # under FSDP every process sends its slices
+        return deepspeed_full_state(unwrapped, optimizer, groups, with_optimizer=False)[0]
     if rank:
         set_seed(cfg.seed + rank)  # dropout: each process its own masks (rank 0 draws the one-process run's)
 
@@ -509,7 +571,11 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
 
     step, epoch, index, best, total_tokens, train_loss = 0, 0, 0, None, 0, None
     if ckpt is not None:
-        load_training_state(unwrapped, optimizer, ckpt)
+        if deepspeed:  # rank 0 reads the files; each process keeps its partitions
+            load_deepspeed_state(unwrapped, optimizer, groups, ckpt.weights() if main else None,
+                                 ckpt.optimizer_state() if main else None)
+        else:
+            load_training_state(unwrapped, optimizer, ckpt)
         ckpt.restore_rng(rank, cfg.seed)
         # The position is counted in micro-batches, which do not depend on the number of processes.
         step, epoch, index = ckpt.step, ckpt.state["epoch"], ckpt.state["batch_index"]
@@ -544,16 +610,26 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
                 g["lr"] = lr
             nll = torch.zeros((), device=device)
             for i, b in enumerate(mine):
-                sync = contextlib.nullcontext() if i == len(mine) - 1 else accelerator.no_sync(model)
+                last = i == len(mine) - 1
+                if deepspeed:  # the engine reduces the gradients at the step's last micro-batch, as no_sync does
+                    model.set_gradient_accumulation_boundary(last)
+                sync = contextlib.nullcontext() if last or deepspeed else accelerator.no_sync(model)
                 with sync:
                     loss = nll_from_logprobs(batch_logprobs(model, b), b.targets.to(device), n_step)
-                    accelerator.backward(loss * world)  # DDP averages gradients over processes; undo it
+                    if deepspeed:  # the loss is normalised over the whole step already: no 1 / grad_accum
+                        model.backward(loss * world, scale_wrt_gas=False)
+                    else:
+                        accelerator.backward(loss * world)  # DDP averages gradients over processes; undo it
                 nll += loss.detach()
-            grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor, replicated on every process
-                grad_norm = grad_norm.full_tensor()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            if deepspeed:
+                model.step()  # clips to --grad-clip (configure_deepspeed), steps AdamW, zeroes the gradients
+                grad_norm = model.get_global_grad_norm()
+            else:
+                grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor, replicated on every process
+                    grad_norm = grad_norm.full_tensor()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             train_loss = float(accelerator.reduce(nll, "sum"))
             total_tokens += tokens
             seconds = time.perf_counter() - t0
@@ -578,7 +654,7 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
                     log.info("step %d: dev loss %s, dev EM %s", step, result["dev_loss"], result["dev_em"])
                 if broadcast_object(better):
                     best = {k: result[k] for k in ("step", "dev_em", "dev_loss")} if main else best
-                    weights = gather_trainable_state(unwrapped)  # under FSDP every process sends its slices
+                    weights = gather_weights()
                     if main:
                         save_best(out, weights, best)
                 accelerator.wait_for_everyone()
@@ -587,7 +663,10 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
 
             if step % cfg.checkpoint_every == 0:
                 rngs = gather_object(rng_state())  # each process's dropout stream
-                weights, optimizer_state = gather_trainable_state(unwrapped), gather_optimizer_state(unwrapped, optimizer)
+                if deepspeed:  # the partitions gathered onto rank 0, in the one-process format
+                    weights, optimizer_state = deepspeed_full_state(unwrapped, optimizer, groups)
+                else:
+                    weights, optimizer_state = gather_trainable_state(unwrapped), gather_optimizer_state(unwrapped, optimizer)
                 if main:
                     state = {"epoch": epoch, "batch_index": index, "seed": cfg.seed, "best": best, "tokens": total_tokens,
                              "train_loss": train_loss, "data_sha256": data_sha, "processes": world}
@@ -600,10 +679,11 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
 
     # ---------------------------------------------------------------- save the best evaluation's model
     summary: dict[str, Any] | None = None
-    last = gather_trainable_state(unwrapped) if sharded else None  # every process sends its slices (even if best/ wins)
+    last = gather_weights() if sharded else None  # every process sends its slices (even if best/ wins)
     if main:
         if sharded:  # rank 0 has no whole model: a CPU copy of --model takes the gathered weights
-            final = with_method(load_lm(cfg.model, device="cpu", dtype="float32")[0], cfg)
+            with _unpartitioned(accelerator.state.deepspeed_plugin if zero3 else None):
+                final = with_method(load_lm(cfg.model, device="cpu", dtype="float32")[0], cfg)
             load_trainable(final, last)
         else:
             final = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
