@@ -83,6 +83,18 @@ def test_init_refuses_a_world_without_rendezvous(one_process, monkeypatch):
     assert not distributed.is_initialized()
 
 
+def test_init_waits_hours_not_torchs_ten_minutes(one_process, monkeypatch):
+    """Rank 0 builds FAISS or evaluates alone while the others wait at a collective: the group is made
+    with radit's long timeout (torch's default, 10 minutes under nccl, would end such runs)."""
+    made = {}
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend, **kw: made.update(backend=backend, **kw))
+    for var, value in {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}.items():
+        monkeypatch.setenv(var, value)
+    assert distributed.init("cpu")
+    assert made == {"backend": "gloo", "init_method": "env://", "timeout": distributed.COLLECTIVE_TIMEOUT}
+    assert distributed.COLLECTIVE_TIMEOUT.total_seconds() >= 3600
+
+
 def test_a_malformed_variable_is_named(one_process, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "one")
     with pytest.raises(ValueError, match="LOCAL_RANK='one'"):

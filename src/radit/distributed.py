@@ -69,14 +69,22 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init(device: str | torch.device = "auto", timeout: timedelta | None = None) -> bool:
+COLLECTIVE_TIMEOUT = timedelta(hours=12)
+"""How long a process waits for the others at a collective. radit's stages have rank 0 work alone
+while the others wait: building the FAISS index (hours for IVF-PQ or HNSW over tens of millions of
+passages), dev evaluations inside the training loops, merging per-rank files. torch's default (10
+minutes under nccl) would end those runs. A process that dies still ends the run at once: the
+launcher (torchrun, accelerate launch) then stops the others."""
+
+
+def init(device: str | torch.device = "auto", timeout: timedelta = COLLECTIVE_TIMEOUT) -> bool:
     """Join the launcher's process group; on one process, do nothing.
 
     Args:
         device: where this process computes (`radit.runtime.resolve_device`, which maps `auto` and
             `cuda` to `cuda:{LOCAL_RANK}` under a launcher). CUDA: nccl, after making that GPU the
             current one; anything else: gloo.
-        timeout: how long collectives wait for the other processes (default: torch's).
+        timeout: how long collectives wait for the other processes (`COLLECTIVE_TIMEOUT`).
 
     Returns:
         True when the process is in a group (a new one, or one that already existed, e.g.
@@ -98,7 +106,7 @@ def init(device: str | torch.device = "auto", timeout: timedelta | None = None) 
     if device.type == "cuda":
         torch.cuda.set_device(device)
         backend = "nccl"
-    dist.init_process_group(backend, init_method="env://", **({"timeout": timeout} if timeout is not None else {}))
+    dist.init_process_group(backend, init_method="env://", timeout=timeout)
     atexit.register(shutdown)  # leave the group before the interpreter exits (nccl warns otherwise)
     return True
 

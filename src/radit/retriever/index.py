@@ -41,7 +41,6 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +62,6 @@ from radit.retriever.shards import EMBEDDINGS_DIR, STATE_FILE, ShardedVectors, s
 from radit.runtime import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
-
-COLLECTIVE_TIMEOUT = timedelta(hours=12)
-"""How long a process waits for the others (in a process group `build_index` makes). The longest
-wait is every process but rank 0 waiting while rank 0 alone builds the FAISS index, which takes
-hours for HNSW or IVF-PQ over tens of millions of passages; torch's default (10 minutes under nccl)
-would end them. A process that dies still ends the run at once: torchrun then stops the others."""
 
 SINGLE_PROCESS_BACKENDS = ("bm25", "hybrid")
 """Backends with nothing to share between processes: no encoder runs (BM25 is one CPU pass)."""
@@ -306,7 +299,7 @@ def build_index(cfg: IndexConfig) -> Path:
                          "torchrun / accelerate launch")
     if cfg.backend == "hybrid":
         return build_hybrid(cfg)
-    distributed.init(cfg.device, timeout=COLLECTIVE_TIMEOUT)  # under a launcher: join the others; else nothing
+    distributed.init(cfg.device)  # under a launcher: join the others; else nothing
     out = Path(cfg.output)
     passages = Path(cfg.passages)
     t0 = time.time()

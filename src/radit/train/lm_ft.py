@@ -84,6 +84,7 @@ from radit.artifacts import (
 from radit.config import InferenceConfig, TrainLMConfig
 from radit.config_io import save_yaml, to_dict
 from radit.distributed import (
+    COLLECTIVE_TIMEOUT,
     broadcast_object,
     deepspeed_full_state,
     gather_object,
@@ -399,13 +400,15 @@ def _make_accelerator(cfg: TrainLMConfig, dtype: str):
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"  # accelerate launch, deepspeed-*.yaml
-    handlers = []
-    if deepspeed and not torch.cuda.is_available():
-        from accelerate.utils import InitProcessGroupKwargs
+    from accelerate.utils import InitProcessGroupKwargs
 
+    # Rank 0 evaluates alone (DDP) while the others wait: radit's long timeout, not torch's 10 minutes.
+    group = {"timeout": COLLECTIVE_TIMEOUT}
+    if deepspeed and not torch.cuda.is_available():
         # accelerate turns DeepSpeed on only without cpu=True, and then, finding no GPU, picks no backend
         # and counts 1 process: gloo, the backend of DeepSpeed's CPU accelerator, makes it count them.
-        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+        group["backend"] = "gloo"
+    handlers = [InitProcessGroupKwargs(**group)]
     # Gradient accumulation is done by hand (normalised by the step's target tokens), so accelerate's is off.
     accelerator = Accelerator(cpu=device.type == "cpu" and not deepspeed, mixed_precision=_MIXED_PRECISION[dtype],
                               gradient_accumulation_steps=1, kwargs_handlers=handlers)
