@@ -95,6 +95,35 @@ def assert_same_training(run: Path, reference: Path, loss_rtol: float) -> None:
         torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=WEIGHT_ATOL, msg=name)
 
 
+def assert_same_checkpoint(mine, theirs) -> None:
+    """Two `radit.train.checkpoint.Checkpoint`s hold the same step, weights and AdamW state (moments,
+    step counts, parameter groups and their weight decay), to WEIGHT_ATOL."""
+    assert mine.step == theirs.step
+    wa, wb = mine.weights(), theirs.weights()
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=WEIGHT_ATOL, msg=name)
+    oa, ob = mine.optimizer_state(), theirs.optimizer_state()
+    assert [g["params"] for g in oa["param_groups"]] == [g["params"] for g in ob["param_groups"]]
+    assert [g["weight_decay"] for g in oa["param_groups"]] == [g["weight_decay"] for g in ob["param_groups"]]
+    assert oa["state"].keys() == ob["state"].keys() == set(range(len(wa)))
+    for i in oa["state"]:
+        assert float(oa["state"][i]["step"]) == float(ob["state"][i]["step"]) == float(mine.step)
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(oa["state"][i][key], ob["state"][i][key], rtol=0, atol=WEIGHT_ATOL, msg=f"{i} {key}")
+
+
+def assert_same_hf_model(folder: Path, reference: Path) -> None:
+    """Both folders load with `from_pretrained` and hold the same weights, to WEIGHT_ATOL."""
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(folder).state_dict()
+    expected = AutoModelForCausalLM.from_pretrained(reference).state_dict()
+    assert loaded.keys() == expected.keys()
+    for name in loaded:
+        torch.testing.assert_close(loaded[name], expected[name], rtol=0, atol=WEIGHT_ATOL, msg=name)
+
+
 # --------------------------------------------------------------------------- LM-ft
 
 

@@ -28,8 +28,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
-from test_ddp import LM_LOSS_RTOL, WEIGHT_ATOL, accelerate_launch, assert_same_training, metric_lines
+from test_ddp import (
+    LM_LOSS_RTOL,
+    accelerate_launch,
+    assert_same_checkpoint,
+    assert_same_hf_model,
+    assert_same_training,
+    metric_lines,
+)
 
 from radit.config_io import save_yaml
 
@@ -41,7 +47,6 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_two_processes_train_as_one_with_the_doubled_batch(tmp_path, tiny_lm_dir, stage):
     from test_lm_ft import config
-    from transformers import AutoModelForCausalLM
 
     from radit.train.checkpoint import latest_checkpoint
     from radit.train.lm_ft import train_lm
@@ -67,24 +72,9 @@ def test_deepspeed_two_processes_train_as_one_with_the_doubled_batch(tmp_path, t
     # The step-2 checkpoint holds the whole weights and AdamW state, in the one-process format ...
     mine, theirs = latest_checkpoint(run), latest_checkpoint(reference)
     assert mine.step == theirs.step == 2 and mine.state["processes"] == 2
-    wa, wb = mine.weights(), theirs.weights()
-    assert wa.keys() == wb.keys()
-    for name in wa:
-        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=WEIGHT_ATOL, msg=name)
-    oa, ob = mine.optimizer_state(), theirs.optimizer_state()
-    assert [g["params"] for g in oa["param_groups"]] == [g["params"] for g in ob["param_groups"]]
-    assert [g["weight_decay"] for g in oa["param_groups"]] == [g["weight_decay"] for g in ob["param_groups"]]
-    assert oa["state"].keys() == ob["state"].keys() == set(range(len(wa)))
-    for i in oa["state"]:
-        assert float(oa["state"][i]["step"]) == float(ob["state"][i]["step"]) == 2.0
-        for key in ("exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(oa["state"][i][key], ob["state"][i][key], rtol=0, atol=WEIGHT_ATOL, msg=f"{i} {key}")
+    assert_same_checkpoint(mine, theirs)
 
-    loaded = AutoModelForCausalLM.from_pretrained(run / "model").state_dict()
-    expected = AutoModelForCausalLM.from_pretrained(reference / "model").state_dict()
-    assert loaded.keys() == expected.keys()
-    for name in loaded:
-        torch.testing.assert_close(loaded[name], expected[name], rtol=0, atol=WEIGHT_ATOL, msg=name)
+    assert_same_hf_model(run / "model", reference / "model")
 
     # ... so the same command resumes it under DeepSpeed, and one process without it.
     for resume in ("deepspeed", "one process"):

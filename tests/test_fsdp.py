@@ -23,8 +23,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from test_ddp import LM_LOSS_RTOL, WEIGHT_ATOL, accelerate_launch, assert_same_training, metric_lines
+from test_ddp import (
+    LM_LOSS_RTOL,
+    accelerate_launch,
+    assert_same_checkpoint,
+    assert_same_hf_model,
+    assert_same_training,
+    metric_lines,
+)
 
 from radit.config_io import save_yaml
 
@@ -67,7 +73,6 @@ def _fsdp_worker(config_yaml: str) -> None:
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_fsdp_two_processes_train_as_one_with_the_doubled_batch(tmp_path, tiny_lm_dir, method):
     from test_lm_ft import config
-    from transformers import AutoModelForCausalLM
 
     from radit.config import LoRAConfig
     from radit.train.checkpoint import latest_checkpoint
@@ -95,26 +100,12 @@ def test_fsdp_two_processes_train_as_one_with_the_doubled_batch(tmp_path, tiny_l
     assert launched.stdout.count("fine-tuned model ->") == 2  # rank 0 alone reports
 
     # The saved model is a plain Hugging Face folder: it loads, and holds the one-process run's weights.
-    loaded = AutoModelForCausalLM.from_pretrained(run / "model").state_dict()
-    expected = AutoModelForCausalLM.from_pretrained(reference / "model").state_dict()
-    assert loaded.keys() == expected.keys()
-    for name in loaded:
-        torch.testing.assert_close(loaded[name], expected[name], rtol=0, atol=WEIGHT_ATOL, msg=name)
+    assert_same_hf_model(run / "model", reference / "model")
 
     # The step-2 checkpoint holds the whole weights and optimizer state, in the one-process format ...
     mine, theirs = latest_checkpoint(finished), latest_checkpoint(reference)
     assert mine.step == theirs.step == 2 and mine.state["processes"] == 2
-    wa, wb = mine.weights(), theirs.weights()
-    assert wa.keys() == wb.keys()
-    for name in wa:
-        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=WEIGHT_ATOL, msg=name)
-    oa, ob = mine.optimizer_state(), theirs.optimizer_state()
-    assert [g["params"] for g in oa["param_groups"]] == [g["params"] for g in ob["param_groups"]]
-    assert oa["state"].keys() == ob["state"].keys() == set(range(len(wa)))
-    for i in oa["state"]:
-        assert float(oa["state"][i]["step"]) == float(ob["state"][i]["step"]) == 2.0
-        for key in ("exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(oa["state"][i][key], ob["state"][i][key], rtol=0, atol=WEIGHT_ATOL, msg=f"{i} {key}")
+    assert_same_checkpoint(mine, theirs)
 
     # ... so one process resumes it (each step then takes 1 micro-batch instead of 2, with a warning).
     two_process_step_3 = metric_lines(run, "train")[2]
