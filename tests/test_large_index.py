@@ -88,3 +88,18 @@ def test_bad_large_index_options_are_refused(tmp_path, passages_file, tiny_encod
     bm25 = build_index(IndexConfig(passages=str(passages_file), output=str(tmp_path / "bm25"), backend="bm25"))
     with pytest.raises(ValueError, match="--nprobe applies to dense and hybrid indexes only"):
         load_searcher(bm25, nprobe=4)
+
+
+def test_search_cli_overrides_nprobe_and_rerank(tmp_path, passages_file, tiny_encoder_dir, capsys):
+    from radit.cli import main
+
+    ivf = build_index(index_cfg(passages_file, tmp_path / "ivf", tiny_encoder_dir, **IVF))
+    flat = build_index(index_cfg(passages_file, tmp_path / "flat", tiny_encoder_dir))
+    capsys.readouterr()
+    assert main(["search", "--index", str(flat), "--k", "5", "--device", "cpu", "-q", QUESTIONS[0]]) == 0
+    exact = capsys.readouterr().out
+    assert main(["search", "--index", str(ivf), "--k", "5", "--device", "cpu", "-q", "--nprobe", "2", "--rerank", "20", QUESTIONS[0]]) == 0
+    assert capsys.readouterr().out == exact  # every list probed, every candidate re-scored: the exact ranking
+    assert main(["search", "--index", str(flat), "--device", "cpu", "-q", "--nprobe", "2", QUESTIONS[0]]) == 2
+    assert "--nprobe applies to an ivfpq index" in capsys.readouterr().err
+
