@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -146,6 +147,21 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             n += 1
     return n
+
+
+def rank_part(path: str | Path, rank: int) -> Path:
+    """The part of the file `path` that process `rank` writes when several processes share its work:
+    `out/scores.jsonl` -> `out/scores.rank3.jsonl`. Rank 0 merges the parts into `path` afterwards."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
+def rank_parts(path: str | Path) -> list[Path]:
+    """The `rank_part`s of `path` that exist (a running or killed multi-process run's), in rank order."""
+    path = Path(path)
+    name = re.compile(rf"{re.escape(path.stem)}\.rank(\d+){re.escape(path.suffix)}")
+    found = [(int(m[1]), p) for p in path.parent.glob(f"{path.stem}.rank*{path.suffix}") if (m := name.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
 
 
 def open_text(path: str | Path) -> IO[str]:

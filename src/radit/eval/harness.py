@@ -29,14 +29,13 @@ import json
 import logging
 import math
 import random
-import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from radit import distributed
-from radit.artifacts import atomic_write_json, write_jsonl
+from radit.artifacts import atomic_write_json, rank_part, rank_parts, write_jsonl
 from radit.config import EvalConfig, InferenceConfig
 from radit.config_io import load_yaml, save_yaml, to_dict
 from radit.eval.metrics import exact_match, f1_score
@@ -160,14 +159,6 @@ def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
-def rank_files(out: Path) -> list[Path]:
-    """The per-process prediction files in `out` (`predictions.rank{r}.jsonl`), in rank order: a
-    multi-process run's, before rank 0 merges them, or the ones a killed run left."""
-    ranked = [(int(m[1]), path) for path in out.glob("predictions.rank*.jsonl")
-              if (m := re.fullmatch(r"predictions\.rank(\d+)\.jsonl", path.name))]
-    return [path for _, path in sorted(ranked)]
-
-
 def merge_predictions(out: Path, order: Sequence[str]) -> dict[str, dict[str, Any]]:
     """`out`'s predictions.jsonl and its per-process files as one predictions.jsonl; the records by id.
 
@@ -180,7 +171,7 @@ def merge_predictions(out: Path, order: Sequence[str]) -> dict[str, dict[str, An
     """
     path = out / "predictions.jsonl"
     records = read_predictions(path)
-    parts = rank_files(out)
+    parts = rank_parts(out / "predictions.jsonl")
     if not parts:
         return records
     for part in parts:
@@ -291,10 +282,10 @@ def run_eval(cfg: EvalConfig, answer_fns: AnswerFns | None = None, lm: tuple[Any
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         if cfg.overwrite:
-            for path in (preds_path, out / "metrics.json", *rank_files(out)):
+            for path in (preds_path, out / "metrics.json", *rank_parts(out / "predictions.jsonl")):
                 path.unlink(missing_ok=True)
         save_yaml(resolved, out / "config.yaml")
-        killed_parts = bool(rank_files(out))
+        killed_parts = bool(rank_parts(out / "predictions.jsonl"))
         done = merge_predictions(out, order)
     # Keyed by question id, so the answered set, not the number of processes before, decides what is
     # left. The broadcast also holds the other processes until rank 0 has merged a killed run's files.
@@ -308,7 +299,7 @@ def run_eval(cfg: EvalConfig, answer_fns: AnswerFns | None = None, lm: tuple[Any
     # merge above reordered the file (`radit report` takes its first n questions as the n evaluated).
     sharded = world > 1 or killed_parts
     mine = [pending[i] for i in distributed.shard_range(len(pending))]
-    part_path = out / f"predictions.rank{rank}.jsonl" if sharded else preds_path
+    part_path = rank_part(preds_path, rank) if sharded else preds_path
 
     if mine:
         hits_all: list[list[Any]] = [[] for _ in mine]

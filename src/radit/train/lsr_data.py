@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from radit import distributed
-from radit.artifacts import atomic_open, atomic_write_json, check_output_target, mark_output_dir
+from radit.artifacts import atomic_open, atomic_write_json, check_output_target, mark_output_dir, rank_part, rank_parts
 from radit.augment import chunk_text
 from radit.config import LSRDataConfig
 from radit.config_io import save_yaml, to_dict
@@ -353,7 +353,7 @@ def build_lsr_data(cfg: LSRDataConfig) -> dict[str, Any]:
     bar = progress_bar(total=already + my_requests, initial=already, desc="LSR scores", unit="pair")  # (pair, chunk) pairs
     stats = {"requests": 0, "truncated": 0, "distinct_chunks": 0, "slots": 0}
     t_score = time.perf_counter()
-    with open(out / (rank_scores_file(rank) if plan.sharded else SCORES_FILE), "a", encoding="utf-8") as f:
+    with open(rank_part(out / SCORES_FILE, rank) if plan.sharded else out / SCORES_FILE, "a", encoding="utf-8") as f:
         for indices in mine:
             part = [records[i] for i in indices]
             prefixes, requests = score_requests(part, store, tokenizer, template)
@@ -479,14 +479,9 @@ def pending_parts(todo: list[int], part_size: int) -> list[range]:
     return parts
 
 
-def rank_scores_file(rank: int) -> str:
-    """The score file process `rank` appends to when several processes score."""
-    return f"scores.rank{rank}.jsonl"
-
-
 def score_files(out: Path) -> list[Path]:
     """The score files in `out`: scores.jsonl (if any) and every per-rank file, of any number of processes."""
-    return [p for p in [out / SCORES_FILE, *sorted(out.glob("scores.rank*.jsonl"))] if p.is_file()]
+    return [p for p in [out / SCORES_FILE, *rank_parts(out / SCORES_FILE)] if p.is_file()]
 
 
 def collect_scores(out: Path, n_pairs: int) -> dict[int, dict[str, Any]]:
