@@ -95,6 +95,16 @@ def test_init_waits_hours_not_torchs_ten_minutes(one_process, monkeypatch):
     assert distributed.COLLECTIVE_TIMEOUT.total_seconds() >= 3600
 
 
+def test_a_group_made_elsewhere_is_left_at_exit_once(one_process, monkeypatch):
+    """accelerate makes its own group; init() then registers radit's shutdown for it, once."""
+    registered = []
+    monkeypatch.setattr(distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.atexit, "register", registered.append)
+    monkeypatch.setattr(distributed, "_leaving_at_exit", False)
+    assert distributed.init("cpu") and distributed.init("cpu")
+    assert registered == [distributed.shutdown]
+
+
 def test_a_malformed_variable_is_named(one_process, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "one")
     with pytest.raises(ValueError, match="LOCAL_RANK='one'"):

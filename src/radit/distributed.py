@@ -94,6 +94,7 @@ def init(device: str | torch.device = "auto", timeout: timedelta = COLLECTIVE_TI
         RuntimeError: WORLD_SIZE > 1 but the rendezvous variables are missing (not started by a launcher).
     """
     if is_initialized():
+        _leave_at_exit()  # a group accelerate made is left at exit too
         return True
     if world_size() <= 1:
         return False
@@ -107,8 +108,21 @@ def init(device: str | torch.device = "auto", timeout: timedelta = COLLECTIVE_TI
         torch.cuda.set_device(device)
         backend = "nccl"
     dist.init_process_group(backend, init_method="env://", timeout=timeout)
-    atexit.register(shutdown)  # leave the group before the interpreter exits (nccl warns otherwise)
+    _leave_at_exit()
     return True
+
+
+_leaving_at_exit = False
+
+
+def _leave_at_exit() -> None:
+    """Destroy the process group before the interpreter exits, once per process. A group still alive
+    at exit makes nccl warn, and a gloo one occasionally aborted a finished process ("terminate called
+    without an active exception") in the tests that start `accelerate launch`."""
+    global _leaving_at_exit
+    if not _leaving_at_exit:
+        atexit.register(shutdown)
+        _leaving_at_exit = True
 
 
 def shutdown() -> None:

@@ -92,6 +92,9 @@ from radit.distributed import (
     progress_bar,
     world_size,
 )
+from radit.distributed import (
+    init as init_distributed,
+)
 from radit.lm.inputs import IGNORE_INDEX, pad_id
 from radit.lm.model import load_lm, logits_to_keep_supported, model_device
 from radit.lm.scoring import target_logprobs
@@ -500,6 +503,7 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
 
     dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
     accelerator = _make_accelerator(cfg, dtype)
+    init_distributed(cfg.device)  # the group accelerate made (if any) is left at exit
     device, world, rank, main = accelerator.device, accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
 
     questions, hits, temperature = [], [], None
