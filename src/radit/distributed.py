@@ -126,8 +126,10 @@ def _leave_at_exit() -> None:
 
 
 def shutdown() -> None:
-    """Leave the process group, if any (before exit, so that nccl does not warn)."""
+    """Leave the process group, if any, once every process is here: no collective is in flight on
+    either side when the groups are torn down (before exit, so that nccl does not warn)."""
     if is_initialized():
+        barrier()
         dist.destroy_process_group()
 
 
