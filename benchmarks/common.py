@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import resource
 import sys
 import time
@@ -29,6 +30,15 @@ def describe(info: dict) -> str:
     gpu = f", GPU {info['gpu']}" if "gpu" in info else ""
     return (f"machine: {info['cpu']}, {info['cores']} cores{gpu}, amx_bf16={info['amx_bf16']}, "
             f"avx512_bf16={info['avx512_bf16']}, --dtype auto -> {info['auto_dtype']} (torch {info['torch']})")
+
+
+def device_slug(device) -> str:
+    """`nvidia-h100-80gb-hbm3` for a GPU, else the device type: a results file's name for the device."""
+    import torch
+
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def peak_rss_gib() -> float:

@@ -10,7 +10,8 @@ On `--device` (default: the GPU) in `--dtype` (default auto: bf16 on a bf16 GPU)
 2. LM-ft: `--steps` optimizer steps of `radit train-lm` (`radit.train.lm_ft.train_lm`: packed rows,
    autocast, AdamW, full fine-tuning) of SmolLM2-135M-Instruct, at the gpu-1x recipe's micro-batch of
    8 rows x 2,048 tokens, on SQuAD-open training questions each with its gold paragraph as Background
-   (qa template, as `radit build-lm-data` writes them). Tokens/s over the steps after the first; model
+   (qa template, as `radit build-lm-data` writes them). Tokens/s over the steps after the first (and their
+   median step time, which a slow step building kernels for a new shape does not move); model
    FLOPs counted as benchmarks/matmul_peak.py counts them (6 x non-embedding parameters + attention
    within each packed example + the vocabulary projection of target tokens); MFU = model FLOP/s /
    the measured peak; the run's peak GPU memory.
@@ -30,14 +31,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
+import statistics
 import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from common import describe, machine, save
+from common import describe, device_slug, machine, save
 from matmul_peak import lm_ft_flops, matmul_peak, mean_example_tokens, non_embedding_params, speed_config, timed_steps
 
 from radit.augment import chunk_text
@@ -60,20 +61,32 @@ QUICK = {"sizes": (256, 512), "batch_size": 2, "max_length": 256, "lm_examples":
          "embed_batch": 32, "lsr_questions": 2, "lsr_k": 4}
 
 
-def device_slug(device: torch.device) -> str:
-    """`nvidia-h100-80gb-hbm3` for a GPU, else the device type."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+def bundled_passages(workdir: Path) -> tuple[PassageStore, dict[str, int]]:
+    """The bundled corpus cut by `radit corpus` into `workdir`, and each document's first chunk (a
+    SQuAD question's gold paragraph) by document id."""
+    passages = workdir / "passages.jsonl"
+    build_passages(CorpusConfig(inputs=[str(quickstart_documents())], output=str(passages)))
+    store = PassageStore(passages)
+    gold_rows: dict[str, int] = {}
+    for row, p in enumerate(store):
+        gold_rows.setdefault(p["doc_id"], row)
+    return store, gold_rows
+
+
+def gold_examples(store: PassageStore, gold_rows: dict[str, int], limit: int | None = None) -> list[dict]:
+    """LM-ft examples as `radit build-lm-data` writes them: SQuAD-open training questions, each with
+    its gold paragraph as Background (qa template)."""
+    template = resolve_template("qa")
+    questions = load_questions(QUESTIONS, limit=limit, require_answers=True)
+    passages = store.get_many([gold_rows[q.positive_ids[0]] for q in questions])
+    return [{"prompt": template.render(q.question, background=chunk_text(_hit(p))), "target": template.continuation(q.answers[0])}
+            for q, p in zip(questions, passages)]
 
 
 def lm_ft(args, shapes: dict, store: PassageStore, gold_rows: dict[str, int], device: torch.device, dtype: str,
           peak: float, workdir: Path) -> dict:
     """Train for --steps on a training file of (question, gold paragraph, answer) examples; throughput and MFU."""
-    template = resolve_template("qa")
-    questions = load_questions(QUESTIONS, limit=shapes["lm_examples"], require_answers=True)
-    passages = store.get_many([gold_rows[q.positive_ids[0]] for q in questions])
-    examples = [{"prompt": template.render(q.question, background=chunk_text(_hit(p))), "target": template.continuation(q.answers[0])}
-                for q, p in zip(questions, passages)]
+    examples = gold_examples(store, gold_rows, shapes["lm_examples"])
     data = workdir / "lm-data" / "train.jsonl"
     data.parent.mkdir()
     data.write_text("".join(json.dumps(ex) + "\n" for ex in examples), encoding="utf-8")
@@ -85,13 +98,15 @@ def lm_ft(args, shapes: dict, store: PassageStore, gold_rows: dict[str, int], de
     steps = timed_steps(cfg)
     memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     tokens, targets, seconds = (sum(s[k] for s in steps) for k in ("tokens", "target_tokens", "seconds"))
+    median_s = statistics.median(s["seconds"] for s in steps)
 
     model, tokenizer = load_lm(args.model, device="cpu")
     non_embed = non_embedding_params(model)
     mean_len = mean_example_tokens(tokenizer, examples[:2000])
     flops = lm_ft_flops(model.config, non_embed, mean_len, tokens, targets) / seconds
     return {"steps_timed": len(steps), "batch_size": cfg.batch_size, "max_length": cfg.max_length, "examples": len(examples),
-            "tokens_per_step": tokens / len(steps), "s_per_step": seconds / len(steps), "tokens_per_s": tokens / seconds,
+            "tokens_per_step": tokens / len(steps), "s_per_step": seconds / len(steps), "median_s_per_step": median_s,
+            "step_seconds": [round(s["seconds"], 4) for s in steps], "tokens_per_s": tokens / seconds,
             "mean_example_tokens": mean_len, "non_embedding_params": non_embed, "model_flops_per_s": flops,
             "mfu": flops / peak, "peak_memory_gib": memory}
 
@@ -100,11 +115,11 @@ def _hit(passage: dict) -> SimpleNamespace:
     return SimpleNamespace(title=passage.get("title") or "", text=passage["text"])
 
 
-def embedding(shapes: dict, store: PassageStore, device: torch.device, dtype: str) -> dict:
+def embedding(args, shapes: dict, store: PassageStore, device: torch.device, dtype: str) -> dict:
     """Passages/s of the MiniLM document tower over the bundled passages."""
     rows = range(len(store)) if shapes["passages"] is None else range(min(shapes["passages"], len(store)))
     texts = [passage_input(p) for p in store.get_many(list(rows))]
-    encoder = DualEncoder.load(resolve_encoder_spec(EncoderConfig()), device=device).doc
+    encoder = DualEncoder.load(resolve_encoder_spec(EncoderConfig(query_model=args.encoder)), device=device).doc
     encoder.encode(texts[: shapes["embed_batch"]], batch_size=shapes["embed_batch"], dtype=dtype)  # warm-up
     t0 = time.perf_counter()
     encoder.encode(texts, batch_size=shapes["embed_batch"], dtype=dtype)  # returns numpy: synchronised
@@ -138,7 +153,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="LM-ft optimizer steps; the first is left out of the timing")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="auto: bfloat16 where it is fast (a bf16 GPU)")
-    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="the LM: a folder, a packaged or a hub name")
+    ap.add_argument("--encoder", default="all-minilm-l6-v2",
+                    help="the encoder (minilm preset: mean pooling, normalised): a folder, a packaged or a hub name")
     ap.add_argument("--quick", action="store_true", help="tiny shapes, to check that the script runs (on CPU)")
     args = ap.parse_args()
     if args.steps < 2:
@@ -158,25 +175,19 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        passages = workdir / "passages.jsonl"
-        build_passages(CorpusConfig(inputs=[str(quickstart_documents())], output=str(passages)))
-        store = PassageStore(passages)
-        gold_rows: dict[str, int] = {}
-        for row, p in enumerate(store):
-            gold_rows.setdefault(p["doc_id"], row)  # a question's gold paragraph: its document's first chunk
-
+        store, gold_rows = bundled_passages(workdir)
         train = lm_ft(args, shapes, store, gold_rows, device, dtype, peak, workdir)
         mem = f", peak memory {train['peak_memory_gib']:.1f} GiB" if train["peak_memory_gib"] is not None else ""
         print(f"LM-ft: {train['tokens_per_s']:.0f} tokens/s ({train['steps_timed']} steps of {train['tokens_per_step']:.0f} tokens, "
-              f"{train['s_per_step']:.3f} s each), {train['model_flops_per_s'] / 1e12:.2f} model TFLOP/s = "
+              f"{train['s_per_step']:.3f} s each, median {train['median_s_per_step']:.3f} s), {train['model_flops_per_s'] / 1e12:.2f} model TFLOP/s = "
               f"MFU {train['mfu']:.3f} of the measured peak{mem}")
-        embed = embedding(shapes, store, device, dtype)
+        embed = embedding(args, shapes, store, device, dtype)
         print(f"MiniLM embedding: {embed['passages_per_s']:.0f} passages/s ({embed['passages']} passages, batch {embed['batch_size']})")
         lsr = lsr_scoring(args, shapes, store, gold_rows, device, dtype)
         print(f"LSR scoring: {lsr['pairs_per_s']:.1f} pairs/s ({lsr['slots']} slots on {lsr['distinct_chunks']} chunks)")
 
     name = f"gpu_check-{device_slug(device)}" + ("-quick" if args.quick else "")
-    save(name, {"device": str(device), "dtype": dtype, "model": args.model, "steps": args.steps, "quick": args.quick,
+    save(name, {"device": str(device), "dtype": dtype, "model": args.model, "encoder": args.encoder, "steps": args.steps, "quick": args.quick,
                 "matmul_flops": {str(n): f for n, f in peaks.items()}, "peak_flops": peak,
                 "lm_ft": train, "embedding": embed, "lsr_scoring": lsr,
                 "flop_count": "6 x non-embedding params + attention 12 x layers x width x mean_len/2 per token, "

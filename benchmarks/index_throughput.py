@@ -1,13 +1,16 @@
 """Indexing throughput of `radit index` (MiniLM) against sentence-transformers `encode`, same passages,
 and of `radit index --dtype auto` against `--dtype float32`.
 
-    python benchmarks/index_throughput.py [--n 2000] [--batch-size 64]
+    python benchmarks/index_throughput.py [--n 2000] [--batch-size 64] [--device cpu] [--encoder all-minilm-l6-v2]
+    python benchmarks/index_throughput.py --device cuda --batch-size 256     # -> results/index_throughput-{gpu}.json
 
 Both sides embed the same passage strings (title + text) with the same batch size, max length (256)
 and thread count, alternating runs; the best of `--repeats` is kept for each. Target: radit's fp32
 passages/s >= 0.95 x sentence-transformers' (fp32). `--dtype auto` resolves to bfloat16 only where
 bf16 is fast (a CPU with AMX-BF16, a bf16 GPU); elsewhere it is float32 and its ratio is ~1 by
-construction: the output says which case the machine is.
+construction: the output says which case the machine is. `--device` moves both sides to that device;
+a run off the CPU (or with `--tag`) writes results/index_throughput-{tag}.json, the tag defaulting to
+the GPU's name, so the CPU results file stays.
 """
 
 from __future__ import annotations
@@ -20,14 +23,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import save
+from common import device_slug, save
 
-from radit.config import IndexConfig
+from radit.config import EncoderConfig, IndexConfig
 from radit.corpus import PassageStore
 from radit.data.qa import quickstart_documents
 from radit.models import resolve_model
 from radit.retriever.encoder import passage_input
 from radit.retriever.index import build_index
+from radit.runtime import resolve_device
 
 
 def passages_subset(n: int, workdir: Path) -> Path:
@@ -48,14 +52,20 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="torch device of both sides (cpu, cuda, auto, ...)")
+    ap.add_argument("--encoder", default="all-minilm-l6-v2",
+                    help="a sentence-transformers folder, packaged or hub name with mean pooling (the minilm preset)")
+    ap.add_argument("--tag", default=None, help="results/index_throughput-{tag}.json; default: none on CPU, the GPU's name")
     args = ap.parse_args()
+    device = resolve_device(args.device)
+    tag = args.tag if args.tag is not None else ("" if device.type == "cpu" else device_slug(device))
 
     from sentence_transformers import SentenceTransformer
 
     work = Path(tempfile.mkdtemp(prefix="radit-bench-"))
     passages = passages_subset(args.n, work)
     texts = [passage_input(p) for p in PassageStore(passages)]
-    st = SentenceTransformer(str(resolve_model("all-minilm-l6-v2")), device="cpu")
+    st = SentenceTransformer(str(resolve_model(args.encoder)), device=str(device))
     st.max_seq_length = 256
 
     st_times: list[float] = []
@@ -67,7 +77,8 @@ def main() -> None:
         for dtype, times in radit_times.items():
             out = work / f"index-{dtype}-{r}"
             t = time.perf_counter()
-            build_index(IndexConfig(passages=str(passages), output=str(out), batch_size=args.batch_size, device="cpu", dtype=dtype))
+            build_index(IndexConfig(passages=str(passages), output=str(out), batch_size=args.batch_size, device=str(device),
+                                    dtype=dtype, encoder=EncoderConfig(query_model=args.encoder)))
             times.append(time.perf_counter() - t)
         print(f"repeat {r}: sentence-transformers {st_times[-1]:.1f}s, radit index float32 {radit_times['float32'][-1]:.1f}s, "
               f"auto {radit_times['auto'][-1]:.1f}s")
@@ -87,8 +98,10 @@ def main() -> None:
         auto_note = f"auto resolved to {auto_dtype} (fast bf16 on this machine)"
     print(f"--dtype auto {rate['auto']:.1f}/s vs float32 {rate['float32']:.1f}/s: {auto_ratio:.3f}x; {auto_note}")
     save(
-        "index_throughput",
+        "index_throughput" + (f"-{tag}" if tag else ""),
         {
+            "device": str(device),
+            "encoder": args.encoder,
             "passages": len(texts),
             "batch_size": args.batch_size,
             "sentence_transformers_passages_per_s": round(st_rate, 1),
@@ -103,6 +116,7 @@ def main() -> None:
             "seconds": {"sentence_transformers": st_times, "radit_float32": radit_times["float32"], "radit_auto": radit_times["auto"]},
             "index_count": manifest["count"],
         },
+        device=str(device),
     )
 
 

@@ -94,6 +94,26 @@ def test_packed_equals_unpacked_on_tiny_llama(tiny_lm):
     torch.testing.assert_close(lp_rows, lp_unpacked, atol=1e-6, rtol=1e-6)
 
 
+def test_fixed_width_padding_changes_no_target_logprob(tiny_lm):
+    """The loop pads packed batches to max_length (one shape per run); the extra columns score nothing."""
+    model, tokenizer = tiny_lm
+    pairs, _ = encode_examples(tokenizer, PROMPTS, TARGETS, max_length=128)
+    pad = pad_id(tokenizer)
+    rows = [pairs[:3], pairs[3:]]
+    longest = collate_packed(rows, pad)
+    fixed = collate_rows(rows, pad, pack=True, width=128)
+    assert fixed.input_ids.shape == (2, 128) and longest.input_ids.shape[1] < 128
+    assert torch.equal(fixed.targets[:, : longest.targets.shape[1]], longest.targets)
+    assert (fixed.targets[:, longest.targets.shape[1] :] == IGNORE_INDEX).all()
+    with torch.no_grad():
+        a = longest.split(batch_logprobs(model, longest))
+        b = fixed.split(batch_logprobs(model, fixed))
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="more than the batch width 8"):
+        collate_packed(rows, pad, width=8)
+
+
 def test_changing_one_example_leaves_its_row_neighbours_alone(tiny_lm):
     model, tokenizer = tiny_lm
     pairs, _ = encode_examples(tokenizer, PROMPTS[:3], TARGETS[:3], max_length=128)

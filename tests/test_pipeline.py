@@ -121,6 +121,37 @@ def test_a_rerun_skips_finished_stages_and_reruns_what_changed(recipe, caplog):
     assert state["steps"] == 3
 
 
+def test_a_larger_eval_limit_continues_the_evaluations(recipe, caplog):
+    """Raising --eval.limit answers only the new questions (eval resumes across --limit); a row whose
+    upstream stage changed at the same time is rebuilt from scratch."""
+    import dataclasses
+
+    task = task_slug(recipe.eval.tasks[0])
+    small = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, limit=2))
+    run_pipeline(small)
+    before = (Path(recipe.output) / "eval" / task / "replug" / "predictions.jsonl").read_text().splitlines()
+    assert len(before) == 2
+    seen: dict[str, bool] = {}
+
+    def runners(cfg):
+        stages = plan(cfg, Path(cfg.output))
+        return {s.name: (lambda c, s=s: (seen.__setitem__(s.name, c.overwrite), s.run(c))[1]) for s in stages
+                if s.name.startswith("eval/")}
+
+    larger = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, limit=4),
+                                 train_lm=dataclasses.replace(recipe.train_lm, steps=3))
+    with caplog.at_level("INFO", logger="radit.pipeline"):
+        run_pipeline(larger, runners=runners(larger))
+    assert f"eval/{task}/replug: limit: 2 -> 4, continuing" in caplog.text
+    assert not seen[f"eval/{task}/closed-book"] and not seen[f"eval/{task}/replug"] and not seen[f"eval/{task}/r-ft"]
+    assert seen[f"eval/{task}/lm-ft"] and seen[f"eval/{task}/ra-dit"]  # train-lm changed too: rebuilt
+    after = (Path(recipe.output) / "eval" / task / "replug" / "predictions.jsonl").read_text().splitlines()
+    assert len(after) == 4 and after[:2] == before
+    assert json.loads((Path(recipe.output) / "eval" / task / "replug" / "metrics.json").read_text())["n"] == 4
+    ledger = json.loads((Path(recipe.output) / LEDGER).read_text())["stages"]
+    assert ledger[f"eval/{task}/replug"]["settings"]["limit"] == 4 and ledger[f"eval/{task}/replug"]["state"] == "done"
+
+
 def test_a_crashed_stage_continues_and_the_rest_is_kept(recipe):
     import radit.pipeline as pipeline
 

@@ -59,6 +59,9 @@ class Stage:
     needs: tuple[str, ...] = ()
     outputs: tuple[Path, ...] = ()
     """Files or folders whose presence (besides a `done` ledger entry) lets a rerun skip the stage."""
+    resumable: frozenset[str] = frozenset()
+    """Settings the stage's command continues across (e.g. eval's --limit: a larger one answers only the
+    new questions); a change to these alone continues the stage instead of rebuilding it."""
 
 
 # --------------------------------------------------------------------------- the plan
@@ -110,7 +113,7 @@ def eval_config(cfg: PipelineConfig, out: Path, task: str, row: str) -> EvalConf
 def plan(cfg: PipelineConfig, out: Path) -> list[Stage]:
     """The stages in the order they run, each with the config its command takes."""
     from radit.corpus import build_passages
-    from radit.eval.harness import run_eval
+    from radit.eval.harness import RESUMABLE_FIELDS, run_eval
     from radit.eval.retrieval import evaluate_retrieval
     from radit.retriever.index import build_index
     from radit.train.lm_data import build_lm_data
@@ -134,7 +137,7 @@ def plan(cfg: PipelineConfig, out: Path) -> list[Stage]:
         needs = {"closed-book": (), "replug": ("index",), "lm-ft": ("index", "train-lm"),
                  "r-ft": ("index", "train-retriever"), "ra-dit": ("index", "train-lm", "train-retriever")}
         return [Stage(f"eval/{task_slug(task)}/{row}", eval_config(cfg, out, task, row), run_eval, needs[row],
-                      (p["eval"] / task_slug(task) / row / "metrics.json",))
+                      (p["eval"] / task_slug(task) / row / "metrics.json",), RESUMABLE_FIELDS)
                 for task in cfg.eval.tasks for row in rows if row in cfg.eval.configurations]
 
     def retrieval(tower: str) -> list[Stage]:
@@ -198,11 +201,22 @@ def stage_settings(config: Any, prefix: str = "") -> dict[str, Any]:
     return settings
 
 
-def stage_key(stage: Stage, keys: dict[str, str]) -> str:
-    """A hash of the stage's settings (those off their defaults) and of the keys of the stages it reads from."""
-    blob = json.dumps({"settings": stage_settings(stage.config), "needs": {n: keys[n] for n in stage.needs}},
-                      sort_keys=True, default=str)
+def stage_key(stage: Stage, keys: dict[str, str], settings: dict[str, Any] | None = None) -> str:
+    """A hash of the stage's settings (those off their defaults; or `settings`) and of the keys of the
+    stages it reads from."""
+    settings = stage_settings(stage.config) if settings is None else settings
+    blob = json.dumps({"settings": settings, "needs": {n: keys[n] for n in stage.needs}}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def continues_across(stage: Stage, entry: dict[str, Any], settings: dict[str, Any], keys: dict[str, str]) -> bool:
+    """Whether a stage whose key changed can continue where it stopped: the stages it reads from are
+    unchanged (its old settings with today's upstream keys give its old key) and only settings it
+    resumes across (`Stage.resumable`) differ."""
+    old = entry.get("settings", {})
+    diff = {k for k in set(old) | set(settings) if old.get(k) != settings.get(k)}
+    return (bool(diff) and all(k.split(".")[-1] in stage.resumable for k in diff)
+            and stage_key(stage, keys, old) == entry.get("key"))
 
 
 def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -265,11 +279,14 @@ def run_pipeline(cfg: PipelineConfig, runners: dict[str, Callable[[Any], Any]] |
             continue
         changed = entry is not None and entry.get("key") != key
         config = stage.config
-        if changed and hasattr(config, "overwrite"):
-            config = dataclasses.replace(config, overwrite=True)
         settings = json.loads(json.dumps(stage_settings(config), default=str))
-        if changed:
+        if changed and continues_across(stage, entry, settings, keys):
+            log.info("%s: %s, continuing", head, _changes(entry.get("settings", {}), settings))
+            entry, changed = {**entry, "key": key}, False
+        elif changed:
             log.info("%s: changed since the last run (%s), rebuilding", head, _changes(entry.get("settings", {}), settings))
+            if hasattr(config, "overwrite"):
+                config = dataclasses.replace(config, overwrite=True)
         else:
             log.info("%s: %s", head, "continuing" if entry else "running")
         seconds = (entry or {}).get("seconds", 0.0) if not changed else 0.0

@@ -545,7 +545,7 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
         raise ValueError(f"--data {cfg.data}: none of the {len(pairs)} training examples fits --max-length {cfg.max_length}; raise it")
     pad = pad_id(tokenizer)
     dev_lengths = [None if x is None else len(x.prompt) + len(x.continuation) for x in dev_pairs]
-    dev_batches = [collate_rows([[dev_pairs[i] for i in row] for row in mb], pad, cfg.pack)
+    dev_batches = [collate_rows([[dev_pairs[i] for i in row] for row in mb], pad, cfg.pack, cfg.max_length)
                    for mb in plan_epoch(dev_lengths, cfg.max_length, cfg.batch_size, cfg.pack, cfg.seed, 0, shuffle=False)]
 
     model = with_method(model, cfg)
@@ -607,7 +607,7 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
             # One optimizer step takes grad_accum micro-batches per process; process r gets r, r + world, ...
             taken = [next(stream) for _ in range(cfg.grad_accum * world)]
             epoch, index = taken[-1][0], taken[-1][1] + 1
-            mine = [collate_rows([[pairs[i] for i in row] for row in mb], pad, cfg.pack) for _, _, mb in taken[rank::world]]
+            mine = [collate_rows([[pairs[i] for i in row] for row in mb], pad, cfg.pack, cfg.max_length) for _, _, mb in taken[rank::world]]
             tokens = sum(lengths[i] for _, _, mb in taken for row in mb for i in row)
             # Eq. 3 normalised by the target tokens of the whole step, on every process (losses.py): the
             # micro-batch gradients then add up to the one-big-batch gradient.
