@@ -37,7 +37,7 @@ EXPECTED = {
 
 
 def test_every_registered_source_is_tested():
-    assert set(SOURCES) == set(EXPECTED) | {"quickstart:squad-open/train"}
+    assert set(SOURCES) == set(EXPECTED) | {"quickstart:squad-open/train", "quickstart:squad-rc/train"}
     assert all(src.category in CATEGORIES for src in SOURCES.values())
 
 
@@ -60,6 +60,20 @@ def test_quickstart_train_first_answer():
     ex = data.examples[0]
     assert ex.prompt_input == "What company owns the American Broadcasting Company?"
     assert ex.target == "The Walt Disney Company" and ex.context is None and ex.category == "open-qa"
+
+
+def test_quickstart_reading_comprehension_gives_each_question_its_gold_paragraph():
+    from radit.data.instructions import article_key
+
+    open_qa = load_instructions("quickstart:squad-open/train").examples
+    data = load_instructions("quickstart:squad-rc/train")
+    assert [(ex.id, ex.prompt_input, ex.target) for ex in data.examples] == [(ex.id, ex.prompt_input, ex.target) for ex in open_qa]
+    ex = data.examples[0]
+    assert ex.category == "reading" and ex.context.startswith("American Broadcasting Company: The American Broadcasting")
+    assert all(ex.target in ex.context for ex in data.examples)  # SQuAD answers are spans of their paragraph
+    held_out = evaluated_questions(None).articles  # the SQuAD-open dev/test articles
+    titles = {ex.context.split(": ", 1)[0] for ex in data.examples}
+    assert len(titles) == 33 and not any(article_key(t) in held_out for t in titles)
 
 
 def test_question_sets():

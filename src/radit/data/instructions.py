@@ -2,6 +2,7 @@
 
     from radit.data.instructions import SOURCES, load_instructions
     squad = load_instructions("quickstart:squad-open/train")              # bundled, offline
+    squad_rc = load_instructions("quickstart:squad-rc/train")             # the same, gold paragraph as Background
     quoref = load_instructions("bigbench:quoref", data_dir="../shared/data")
     mine = load_instructions("jsonl:my_instructions.jsonl")
 
@@ -52,7 +53,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gzip
 import io
+import json
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -62,7 +65,7 @@ from typing import Any
 from radit.answers import normalize_answer
 from radit.data import folder
 from radit.data.folder import DATA_ENV, require
-from radit.data.qa import QUICKSTART_PREFIX, load_questions
+from radit.data.qa import QUICKSTART_PREFIX, load_questions, quickstart_documents
 from radit.data.records import (
     SURROGATE_FIX,
     Malformed,
@@ -260,6 +263,32 @@ def _read_questions(name: str, src: Source, root: Path | None, on_error: str) ->
         # The first answer is the target; load_questions rejects records without one (require_answers).
         for q in load_questions(spec, require_answers=True, on_error=on_error, stats=out.stats):
             out.examples.append(InstructionExample(q.id, name, src.category, q.question, q.answers[0]))
+    return out
+
+
+def _bundled_paragraphs() -> dict[str, str]:
+    """The bundled SQuAD paragraphs by document id, each as a Background shows a retrieved chunk
+    (`title: text`, as `radit.augment.chunk_text` writes it)."""
+    paragraphs: dict[str, str] = {}
+    with gzip.open(quickstart_documents(), "rt", encoding="utf-8") as f:
+        for line in f:
+            doc = json.loads(line)
+            if doc["id"].startswith("squad:"):
+                paragraphs[doc["id"]] = f"{doc['title']}: {doc['text']}" if doc.get("title") else doc["text"]
+    return paragraphs
+
+
+def _read_squad_reading(name: str, src: Source, root: Path | None, on_error: str) -> InstructionSet:
+    """SQuAD as reading comprehension (the paper's LM-ft mixture reads SQuAD v2 so): the bundled
+    SQuAD-open train questions, each with its gold paragraph, from the training articles only."""
+    paragraphs = _bundled_paragraphs()
+    out = InstructionSet(name, [])
+    for q in load_questions(QUICKSTART_PREFIX + "squad-open/train", require_answers=True, on_error=on_error, stats=out.stats):
+        gold = next((paragraphs[i] for i in q.positive_ids if i in paragraphs), None)
+        if gold is None:
+            out.dropped["no_gold_paragraph"] = out.dropped.get("no_gold_paragraph", 0) + 1
+            continue
+        out.examples.append(InstructionExample(q.id, name, src.category, q.question, q.answers[0], context=gold))
     return out
 
 
@@ -552,6 +581,8 @@ def _bb(category: str, path: str, adapt: Callable[..., dict[str, Any]], descript
 
 SOURCES: dict[str, Source] = {
     "quickstart:squad-open/train": Source("open-qa", None, _read_questions, "bundled SQuAD-open train split (33 articles)"),
+    "quickstart:squad-rc/train": Source("reading", None, _read_squad_reading,
+                                        "the same questions as reading comprehension: each with its gold paragraph"),
     "nq-open/dev": Source("open-qa", "nq_open/dev.tsv", _read_questions, "NQ-open dev as DPR ships it (drawn from NQ train)"),
     "entityquestions/train": Source("open-qa", "entityquestions/train", _read_questions, "EntityQuestions train, all relations"),
     "bigbench:quoref": _bb("reading", _NI + "subtask002_quoref_answer_generation", _adapt_reading, "Quoref"),
