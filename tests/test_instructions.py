@@ -247,7 +247,7 @@ def test_hf_maps_columns_and_refuses_evaluated_sets(monkeypatch):
 
 
 def test_unknown_and_evaluated_specs():
-    with pytest.raises(ValueError, match=r"unknown instruction source; valid: quickstart:squad-open/train, nq-open/dev"):
+    with pytest.raises(ValueError, match=r"unknown instruction source; valid: quickstart:squad-open/train, quickstart:squad-rc/train, nq-open/dev"):
         load_instructions("bigbench:nope")
     for spec in EVALUATED:
         assert spec not in SOURCES
