@@ -84,6 +84,22 @@ def test_every_recipe_is_shipped():
     assert RECIPES <= {p.stem for p in CONFIGS}
 
 
+def test_recipes_are_package_data():
+    """`radit quickstart` finds its recipe inside the package (radit/configs links to configs/ in a
+    checkout), and the wheel's package-data takes that folder, so it works from a pip install too."""
+    import tomllib
+
+    import radit
+    from radit.pipeline import recipe_path
+
+    for name in ("quickstart", "quickstart-fast"):
+        path = recipe_path(name)
+        assert path.parent == Path(radit.__file__).parent / "configs"
+        assert path.read_bytes() == (Path(__file__).parents[1] / "configs" / f"{name}.yaml").read_bytes()
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "configs/*.yaml" in pyproject["tool"]["setuptools"]["package-data"]["radit"]
+
+
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_recipes_load_and_plan_every_stage(name, tmp_path):
     """Each recipe is a valid PipelineConfig whose every stage config (and every report row's `radit

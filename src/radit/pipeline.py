@@ -41,7 +41,7 @@ from radit.eval.tasks import task_slug
 log = logging.getLogger(__name__)
 
 LEDGER = "pipeline.json"
-RECIPES = Path(__file__).resolve().parents[2] / "configs"  # the recipes of a source checkout
+RECIPES = Path(__file__).parent / "configs"  # the recipes: a link to the checkout's configs/, a copy in a wheel
 REPORT = "report"
 
 # What each configuration of the report is made of: (fine-tuned LM?, fine-tuned query tower?).
@@ -381,9 +381,10 @@ def _append(md: Path, ordering: dict[str, list[str]], retrieval: dict[str, Any],
 
 
 def recipe_path(name: str) -> Path:
-    """A recipe shipped in the source tree's configs/ folder (`radit quickstart` runs `quickstart.yaml`)."""
+    """A recipe shipped with radit: configs/ of the checkout, packaged as radit/configs (`radit quickstart` runs
+    `quickstart.yaml`)."""
     path = RECIPES / f"{name}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: the recipe is missing (radit quickstart runs from a source checkout, e.g. "
-                                f"`make quickstart`); or run any recipe with `radit pipeline --config FILE`")
+        raise FileNotFoundError(f"{path}: the recipe is missing from this installation; run a recipe file with "
+                                f"`radit pipeline --config FILE` (the repository's configs/ holds them)")
     return path
