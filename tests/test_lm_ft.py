@@ -235,8 +235,9 @@ def test_dev_em_with_an_index_and_data_summary(tmp_path, tiny_lm_dir, passages_f
     write_examples(tmp_path / "train.jsonl")
     # The data builder's summary names the index and the template the prompts were rendered with.
     (tmp_path / "summary.json").write_text(json.dumps({"index": str(index), "template": {"name": "qa-short", "version": 1}}))
-    cfg = config(tmp_path, tiny_lm_dir, steps=2, eval_every=1, eval_questions=2, eval_k=2)
+    cfg = config(tmp_path, tiny_lm_dir, steps=2, eval_every=1, eval_questions=2, eval_k=2, eval_sample=True)
     summary = train_lm(cfg)
+    assert "sampled 2 questions" in (Path(summary["model"]) / "README.md").read_text()
     evals = train_lines(Path(cfg.output), "eval")
     assert [x["step"] for x in evals] == [1, 2]
     assert all(x["dev_em"] is not None and x["dev_questions"] == 2 for x in evals)

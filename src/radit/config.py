@@ -609,6 +609,9 @@ class TrainLMConfig:
     """Steps between dev evaluations (the paper: 100); the best checkpoint by dev REPLUG EM is kept."""
     eval_questions: int = 50
     """Questions of the bundled SQuAD-open dev split scored at each evaluation (0: dev loss only)."""
+    eval_sample: bool = False
+    """Draw the --eval-questions at random (seed 0) from the whole dev split instead of taking the first
+    N: the bundled split is sorted by article, and its first 100 questions all come from one of its 5."""
     eval_index: str | None = None
     """Index for the dev REPLUG evaluation (default: the one in the data file's summary)."""
     eval_k: int = 3
@@ -757,6 +760,9 @@ class TrainRetrieverConfig:
     """Steps between evaluations; the best checkpoint (answer-hit@1, then MRR) is kept."""
     eval_questions: int = 500
     """Questions of the bundled SQuAD-open dev split searched at each evaluation (0: MRR only)."""
+    eval_sample: bool = False
+    """Draw the --eval-questions at random (seed 0) from the whole dev split instead of taking the first
+    N: the bundled split is sorted by article, and its first 500 questions come from three of its 5."""
     eval_ks: list[int] = dataclasses.field(default_factory=lambda: [1, 5, 10, 20])
     """answer-hit@k cut-offs of the evaluation."""
     checkpoint_every: int = 50

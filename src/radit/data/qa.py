@@ -30,12 +30,13 @@ import dataclasses
 import gzip
 import io
 import logging
+import random
 import re
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from radit.answers import compile_answer_pattern, gold_answers
 from radit.data.records import (
@@ -114,6 +115,26 @@ def resolve_questions(spec: str) -> Path:
     if not path.is_file():
         raise ValueError(f"{path}: file not found; give {_FILE_HELP}")
     return path
+
+
+T = TypeVar("T")
+
+
+def sample_in_order(items: Sequence[T], n: int, seed: int = 0) -> list[T]:
+    """`n` of `items` drawn at random (`seed`), kept in their order: a fair subset of a file sorted by
+    article or subject, where the first `n` would come from one or two of them. All of them when n >= len."""
+    if n >= len(items):
+        return list(items)
+    keep = set(random.Random(seed).sample(range(len(items)), n))
+    return [x for i, x in enumerate(items) if i in keep]
+
+
+def dev_questions(spec: str, n: int, sample: bool) -> list[Question]:
+    """The dev questions a training loop evaluates on: the first `n` of `spec`, or with `sample` `n`
+    drawn at random (seed 0) from all of them."""
+    if sample:
+        return sample_in_order(load_questions(spec, require_answers=True), n)
+    return load_questions(spec, limit=n, require_answers=True)
 
 
 def load_questions(

@@ -28,7 +28,6 @@ import dataclasses
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ from radit import distributed
 from radit.artifacts import atomic_write_json, rank_part, rank_parts, write_jsonl
 from radit.config import EvalConfig, InferenceConfig
 from radit.config_io import load_yaml, save_yaml, to_dict
+from radit.data.qa import sample_in_order
 from radit.eval.metrics import exact_match, f1_score
 from radit.eval.tasks import Example, Task, get_task, task_slug
 from radit.prompts import PromptTemplate, resolve_template
@@ -242,9 +242,8 @@ def run_eval(cfg: EvalConfig, answer_fns: AnswerFns | None = None, lm: tuple[Any
                     answers_are_regex=cfg.answers_are_regex)
     out = resolve_output(cfg)
     examples = task.load(cfg.limit)
-    if cfg.sample is not None and cfg.sample < len(examples):
-        keep = set(random.Random(0).sample(range(len(examples)), cfg.sample))
-        examples = [ex for i, ex in enumerate(examples) if i in keep]
+    if cfg.sample is not None:
+        examples = sample_in_order(examples, cfg.sample)
     template = check_template(resolve_template(inf.template or task.template), task, examples[0] if examples else None)
     if cfg.shots and examples:
         task.demonstrations(cfg.shots, examples[0])  # a pool too small fails now, not mid-run

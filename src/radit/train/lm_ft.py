@@ -350,7 +350,7 @@ def model_card(cfg: TrainLMConfig, summary: dict[str, Any]) -> str:
         f"{' (packed)' if cfg.pack else ''}; lr {cfg.lr} -> {cfg.min_lr}, {cfg.warmup_steps} warm-up steps; dtype {summary['dtype']}",
         f"- saved: step {best.get('step', cfg.steps)} (dev EM {_fmt(best.get('dev_em'))}, dev loss {_fmt(best.get('dev_loss'))}); "
         f"final train loss {_fmt(summary.get('train_loss'))}",
-        (f"- dev EM: REPLUG, k={cfg.eval_k}, 0-shot, template `{EVAL_TEMPLATE}`, first {cfg.eval_questions} questions of "
+        (f"- dev EM: REPLUG, k={cfg.eval_k}, 0-shot, template `{EVAL_TEMPLATE}`, {'sampled' if cfg.eval_sample else 'first'} {cfg.eval_questions} questions of "
          f"`{EVAL_QUESTIONS}`" if cfg.eval_questions else "- dev EM: not run (--eval-questions 0)"),
         f"- machine: {json.dumps(summary['machine'])}; {summary['seconds']:.0f} s",
         "",
@@ -508,14 +508,14 @@ def train_lm(cfg: TrainLMConfig, lm: tuple[Any, Any] | None = None) -> dict[str,
 
     questions, hits, temperature = [], [], None
     if cfg.eval_questions:
-        from radit.data.qa import load_questions
+        from radit.data.qa import dev_questions
         from radit.retriever.search import load_searcher, search_batched
 
         index = _eval_index(cfg)
         if index is None:
             raise ValueError(f"--eval-questions {cfg.eval_questions} needs an index to retrieve from: pass --eval-index "
                              f"(the data file's summary.json names none), or --eval-questions 0 for the dev loss alone")
-        questions = load_questions(EVAL_QUESTIONS, limit=cfg.eval_questions, require_answers=True)
+        questions = dev_questions(EVAL_QUESTIONS, cfg.eval_questions, cfg.eval_sample)
         searcher = load_searcher(index, device=cfg.device)
         hits = search_batched(searcher, [q.question for q in questions], cfg.eval_k, progress=False)  # once, frozen
         temperature = searcher.retrieval_temperature

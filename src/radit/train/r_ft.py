@@ -228,7 +228,7 @@ def model_card(cfg: TrainRetrieverConfig, summary: dict[str, Any]) -> str:
         f"- loss: KL direction {cfg.kl_direction}; p_LSR of task pairs {cfg.task_target} (tau {cfg.task_tau}), of corpus "
         f"pairs {cfg.corpus_target} (tau {cfg.corpus_tau}); p_R temperature {summary['retrieval_temperature']}",
         f"- steps: {summary['steps']} x {cfg.batch_size} pairs x {summary.get('processes', 1)} process(es); lr {cfg.lr}, {cfg.warmup_steps} warm-up steps; dtype {summary['dtype']}",
-        f"- dev (first {cfg.eval_questions} questions of `{EVAL_QUESTIONS}`): answer-hit@1 {fmt(base.get('dev_hit@1'))} "
+        f"- dev ({'sampled' if cfg.eval_sample else 'first'} {cfg.eval_questions} questions of `{EVAL_QUESTIONS}`): answer-hit@1 {fmt(base.get('dev_hit@1'))} "
         f"-> {fmt(best.get('dev_hit@1'))}; MRR of the LM-preferred chunk {fmt(base.get('dev_mrr'))} -> "
         f"{fmt(best.get('dev_mrr'))} (saved: step {best.get('step')})",
         f"- machine: {json.dumps(summary['machine'])}; {summary['seconds']:.0f} s",
@@ -302,9 +302,9 @@ def train_retriever(cfg: TrainRetrieverConfig) -> dict[str, Any]:
            "mask": mask[dev_idx], "log_p_lsr": log_p_lsr[dev_idx]}
     questions = []
     if cfg.eval_questions and main:
-        from radit.data.qa import load_questions
+        from radit.data.qa import dev_questions
 
-        questions = load_questions(EVAL_QUESTIONS, limit=cfg.eval_questions, require_answers=True)
+        questions = dev_questions(EVAL_QUESTIONS, cfg.eval_questions, cfg.eval_sample)
     per_step = cfg.batch_size * world  # pairs per optimizer step, over all processes
     total = cfg.steps or math.ceil(len(train_idx) / per_step)
 
