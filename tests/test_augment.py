@@ -8,6 +8,7 @@ except for the `radit ask` end-to-end test on a BM25 index of the conftest passa
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from radit.augment import (
     answer_naive,
     build_prompts,
     format_prediction,
+    remix,
 )
 from radit.config import InferenceConfig
 from radit.ensemble import mix_log_probs, retrieval_log_weights
@@ -307,6 +309,31 @@ def test_ensemble_follows_the_weights(tiny_lm):
             assert max(pred.chunk_scores[top]) > pred.chunk_scores[top][own]
         answers.add(pred.answer)
     assert len(answers) >= 2  # the choice really moves with the weights
+
+
+def test_remix_equals_running_again_with_a_smaller_k_or_another_temperature(tiny_lm):
+    model, tokenizer = tiny_lm
+
+    def run(k, t):
+        return answer_generative(model, tokenizer, QUESTION, HITS, QA, cfg(retrieval_temperature=t, k=k, max_new_tokens=6))
+
+    wide = run(3, 0.1)
+    scores = [h.score for h in HITS]
+    answers = set()
+    for k, t in [(3, 0.1), (2, 0.1), (1, 0.1), (3, 1e-3), (3, 10.0), (2, 0.02)]:
+        again, remixed = run(k, t), remix(wide, scores, k, t)
+        assert remixed.answer == again.answer and remixed.candidates == again.candidates
+        assert remixed.mixed == pytest.approx(again.mixed, abs=1e-4)
+        assert remixed.weights == pytest.approx(again.weights) and remixed.passage_ids == again.passage_ids
+        answers.add(remixed.answer)
+    assert len(answers) >= 2  # the settings really change the answer
+    uniform = remix(wide, scores, 3, math.inf)
+    assert uniform.weights == pytest.approx([1 / 3] * 3)
+    assert uniform.mixed == pytest.approx(run(3, 1e9).mixed, abs=1e-4)
+    with pytest.raises(ValueError, match="k must be between 1"):
+        remix(wide, scores, 4, 0.1)
+    with pytest.raises(ValueError, match="replug"):
+        remix(dataclasses.replace(wide, mode="concat"), scores, 2, 0.1)
 
 
 def test_single_prompt_modes_return_the_greedy_answer(tiny_lm):

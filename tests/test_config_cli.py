@@ -33,6 +33,16 @@ def test_yaml_then_flags_override(tmp_path):
     assert cfg.encoder.query_model is None and cfg.shard_size == IndexConfig().shard_size
 
 
+def test_list_of_literal_flag_takes_its_values_and_refuses_others(capsys):
+    from radit.config import PipelineConfig
+
+    args = cli.build_parser().parse_args(["pipeline", "--eval.configurations", "lm-ft", "ra-dit"])
+    assert build_config(PipelineConfig, args).eval.configurations == ["lm-ft", "ra-dit"]
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["pipeline", "--eval.configurations", "lm-fine-tuned"])
+    assert "invalid choice: 'lm-fine-tuned'" in capsys.readouterr().err
+
+
 def test_unknown_yaml_key_and_bad_values_are_errors():
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['max_wrods'\]"):
         from_dict(CorpusConfig, {"max_wrods": 3})

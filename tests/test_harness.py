@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import random
 from pathlib import Path
 
@@ -434,6 +435,12 @@ def test_eval_with_tiny_llama_and_bm25(tmp_path, questions_file, bm25_index, tin
         assert isinstance(rec["prediction"], str) and len(rec["retrieved_ids"]) == 3
         assert sum(rec["weights"]) == pytest.approx(1.0, abs=1e-4)
         assert rec["prediction"] in rec["candidates"] or not rec["candidates"]
+        # the saved per-chunk scores and weights give back the saved Eq. 2 mixture (what remixing reads)
+        assert len(rec["chunk_scores"]) == 3 and all(len(row) == len(rec["candidates"]) for row in rec["chunk_scores"])
+        scores = torch.tensor([[-math.inf if x is None else x for x in row] for row in rec["chunk_scores"]], dtype=torch.float64)
+        log_w = torch.tensor(rec["weights"], dtype=torch.float64).log()
+        remixed = torch.logsumexp(scores + log_w[:, None], dim=0).tolist()
+        assert remixed == pytest.approx([-math.inf if x is None else x for x in rec["mixed"]], abs=1e-3)
 
 
 def test_eval_choice_tasks_with_tiny_llama(tmp_path, data_dir, bm25_index, tiny_lm_dir):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import textwrap
 from collections.abc import Mapping, Sequence
 
@@ -300,6 +301,37 @@ def answer_naive(
     (`candidate_logprobs(naive=True)`). Same answers; scores equal up to float rounding.
     """
     return _answer_generative(model, tokenizer, question, hits, template, settings, demonstrations, naive=True)
+
+
+def remix(pred: Prediction, scores: Sequence[float], k: int, temperature: float) -> Prediction:
+    """Eq. 2 again for a smaller k or another retrieval temperature, from a `replug` generation
+    Prediction's own per-chunk answers and scores: no LM call.
+
+    Decoding under a chunk does not depend on T or on the other chunks, so the answer of a run with
+    (k, T) is read off a run with a larger k: the candidates are the distinct answers of the first k
+    chunks, each already scored under every chunk (`chunk_scores`), mixed with p_R = softmax(s / T)
+    over the first k `scores` (the retrieval scores of `pred`'s chunks, in rank order).
+    `temperature=math.inf` weighs the k chunks equally. `benchmarks/inference_remix.py` uses it to
+    sweep k and T on one evaluation's predictions.
+    """
+    if pred.mode != "replug" or not pred.chunk_answers:
+        raise ValueError(f"remix needs a sequence-level replug prediction, got mode {pred.mode!r}")
+    if not 1 <= k <= len(pred.chunk_answers) or len(scores) < k:
+        raise ValueError(f"k must be between 1 and the prediction's {len(pred.chunk_answers)} chunks "
+                         f"(with as many scores), got k={k} and {len(scores)} scores")
+    candidates = dedupe_candidates(pred.chunk_answers[:k], normalize_answer)
+    if not candidates:
+        return dataclasses.replace(pred, answer="", candidates=[], mixed=[], chunk_answers=pred.chunk_answers[:k],
+                                   weights=[1 / k] * k, passage_ids=pred.passage_ids[:k], chunk_scores=[[] for _ in range(k)])
+    columns = [pred.candidates.index(c) for c in candidates]  # a prefix's first spellings are the run's
+    matrix = torch.tensor([[pred.chunk_scores[i][j] for j in columns] for i in range(k)], dtype=torch.float64)
+    s = torch.tensor(list(scores[:k]), dtype=torch.float64)
+    log_weights = (torch.full((k,), -math.log(k), dtype=torch.float64) if math.isinf(temperature)
+                   else retrieval_log_weights(s, temperature))
+    mixed, best = _mix(matrix, log_weights)
+    return dataclasses.replace(pred, answer=candidates[best], candidates=candidates, mixed=mixed,
+                               chunk_answers=pred.chunk_answers[:k], weights=log_weights.exp().tolist(),
+                               passage_ids=pred.passage_ids[:k], chunk_scores=matrix.tolist())
 
 
 def answer_choice(

@@ -207,7 +207,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "", 
             group.add_argument(flag, choices=list(typing.get_args(tp)), **kwargs)
         elif origin is list:
             (item,) = typing.get_args(tp)
-            group.add_argument(flag, nargs="+", type=item, metavar=item.__name__.upper(), **kwargs)
+            if typing.get_origin(item) is Literal:  # e.g. --eval.configurations lm-ft ra-dit
+                group.add_argument(flag, nargs="+", choices=list(typing.get_args(item)), **kwargs)
+            else:
+                group.add_argument(flag, nargs="+", type=item, metavar=item.__name__.upper(), **kwargs)
         else:
             group.add_argument(flag, type=tp, metavar=tp.__name__.upper(), **kwargs)
 

@@ -15,7 +15,8 @@ The run directory (`--output`, default `runs/eval/{task}-{mode}-k{k}-{shots}shot
 
 - `config.yaml`: the resolved config (template name, dtype), written once every input has been checked;
 - `predictions.jsonl`: one line per question (question, gold, prediction, candidates and their mixed
-  log-probabilities, retrieved passage ids, p_R weights, per-chunk answers, em/f1 or correct),
+  log-probabilities, retrieved passage ids, p_R weights, per-chunk answers, each candidate's score
+  under each chunk before mixing, em/f1 or correct),
   flushed line by line. A killed run resumes: a rerun skips the ids already there. A rerun with
   other settings (anything but --limit, --device, --search-batch-size) is an error unless --overwrite;
 - `metrics.json`: EM/F1 (open QA) or accuracy (choice tasks) x 100 over the evaluated questions, n,
@@ -341,6 +342,9 @@ def run_eval(cfg: EvalConfig, answer_fns: AnswerFns | None = None, lm: tuple[Any
                     "mixed": _finite(pred.mixed),
                     "chunk_answers": list(pred.chunk_answers),
                     "weights": _finite(pred.weights),
+                    # [prompts][candidates] log p_LM(candidate | c ∘ x) before mixing: with the weights,
+                    # Eq. 2 can be recomputed for another T or a smaller k without running the LM again.
+                    "chunk_scores": [_finite(row) for row in getattr(pred, "chunk_scores", None) or []],
                     "passage_ids": list(pred.passage_ids),
                     "retrieved_ids": [h.id for h in hits],
                     "retrieval_scores": _finite([h.score for h in hits]),

@@ -38,8 +38,9 @@ Dev evaluation, every --eval-every steps and at the end (the paper's early stopp
 - dev loss: Eq. 3 on a held-out 2% (at most 200) of the training file, drawn by a seeded split of
   the examples grouped by (source, target), so the k' examples of one question (same answer, other
   chunks) are all on the same side; files under 50 examples hold out none;
-- dev EM: REPLUG (Eq. 2), 0-shot, template qa, k = --eval-k, on the first --eval-questions questions
-  of the bundled SQuAD-open dev split, with chunks retrieved once at setup from --eval-index (default:
+- dev EM: REPLUG (Eq. 2), 0-shot, template qa, k = --eval-k, on --eval-questions questions of the
+  bundled SQuAD-open dev split (the first ones, or with --eval-sample a seeded draw across its
+  articles), with chunks retrieved once at setup from --eval-index (default:
   the `index` named in the data file's summary.json).
 
 The saved model is the best evaluation's by dev EM (ties, or no questions: by dev loss; neither: the

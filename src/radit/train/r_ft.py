@@ -15,8 +15,9 @@ dpr-scale code uses), clipping, dropout on.
 
 Evaluations (at step 0, every --eval-every steps and at the end) measure
 
-- dev answer-hit@k: the first --eval-questions questions of the bundled SQuAD-open dev split,
-  searched in the index with the current query tower;
+- dev answer-hit@k: --eval-questions questions of the bundled SQuAD-open dev split (the first ones,
+  or with --eval-sample a seeded draw across its articles), searched in the index with the current
+  query tower;
 - dev MRR of the LM-preferred chunk: over --dev-pairs pairs held out of the cache, the reciprocal
   rank under p_R of the chunk with the highest LM score (how well the retriever agrees with the LM);
   and the KL loss on those pairs.
