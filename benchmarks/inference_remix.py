@@ -65,6 +65,9 @@ def main(argv=None) -> int:
     scores = {"em": [r["em"] for r in records], "f1": [r["f1"] for r in records]}
     rows = []
     print(f"{run}: {len(records)} questions, run at k={k0}, T={t0}: EM {100 * sum(scores['em']) / len(records):.1f}")
+    # The run's own setting read back from the file must give the run's own answers.
+    differ = sum(remix(as_prediction(r), r["retrieval_scores"], k0, t0).answer != r["prediction"] for r in records)
+    print(f"remixed at the run's own (k, T): {differ} of {len(records)} answers differ from the run's")
     print(f"{'k':>3} {'T':>6} {'EM':>6} {'F1':>6}  ΔEM [95 %]            ΔF1 [95 %]")
     for k in args.ks:
         if k > k0:
@@ -81,7 +84,8 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"{k:>3} {t:>6g} {row['em']:6.1f} {row['f1']:6.1f}  {_interval(d_em):<21} {_interval(d_f1)}")
     save(args.name, {"run": str(run), "task": metrics.get("task"), "model": metrics.get("model"),
-                     "questions": len(records), "run_k": k0, "run_temperature": t0, "settings": rows})
+                     "questions": len(records), "run_k": k0, "run_temperature": t0,
+                     "own_setting_answers_differing": differ, "settings": rows})
     return 0
 
 
