@@ -22,12 +22,13 @@ from pathlib import Path
 from common import save
 
 from radit.augment import Prediction, remix
+from radit.eval.harness import read_predictions
 from radit.eval.metrics import exact_match, f1_score, paired_bootstrap
 
 
 def load(run: Path) -> tuple[list[dict], dict]:
     metrics = json.loads((run / "metrics.json").read_text())
-    records = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines() if line.strip()]
+    records = list(read_predictions(run / "predictions.jsonl").values())  # file order; file:line on a bad line
     missing = [r["id"] for r in records if "chunk_scores" not in r]
     if missing:
         raise SystemExit(f"{run}/predictions.jsonl: {len(missing)} records have no chunk_scores (question {missing[0]}); "
