@@ -27,6 +27,8 @@ from radit.eval.metrics import exact_match, f1_score, paired_bootstrap
 
 
 def load(run: Path) -> tuple[list[dict], dict]:
+    if not (run / "metrics.json").is_file() or not (run / "predictions.jsonl").is_file():
+        raise SystemExit(f"{run}: no metrics.json and predictions.jsonl; give the --output folder of a finished `radit eval`")
     metrics = json.loads((run / "metrics.json").read_text())
     records = list(read_predictions(run / "predictions.jsonl").values())  # file order; file:line on a bad line
     missing = [r["id"] for r in records if "chunk_scores" not in r]
