@@ -1,16 +1,21 @@
 """Retrieval-augmented answering (Eq. 2, generation): radit's batched path vs the naive loop, same questions.
 
     python benchmarks/inference_speed.py --index runs/quickstart/index [--questions 10] [--k 10] [--shots 0]
+    python benchmarks/inference_speed.py --index I --model M --template M --k 3 --questions 48 \
+        --no-naive --batch-sizes 4 8 16          # several questions at once, as `radit eval --batch-size`
 
-Both answer the same SQuAD-open test questions with SmolLM2-135M-Instruct and the top-k chunks:
+All answer the same SQuAD-open test questions with the LM (default SmolLM2-135M-Instruct) and the top-k chunks:
 
 - naive (`radit.augment.answer_naive`): decodes the k prompts one at a time, then scores every
   (chunk, candidate answer) pair with its own full forward pass;
 - batched (`radit.augment.answer_generative`): the k prompts run once as one batch; greedy decoding
-  and the rescoring of every candidate both continue from that KV cache.
+  and the rescoring of every candidate both continue from that KV cache;
+- B questions at once (`radit.augment.answer_generative_batch`, `--batch-sizes`): each question's
+  prompts are prefilled apart and joined, then all rows decode together and every (chunk, candidate)
+  pair of the B questions is scored in the same forwards.
 
-Reports seconds per question for each, the speed ratio (target >= 3x) and how many answers,
-candidate lists and mixed scores agree (target: all answers identical).
+Reports seconds per question for each, the speed ratios (naive vs batched: target >= 3x) and how many
+answers, candidate lists and mixed scores agree with the one-question path (target: all answers identical).
 """
 
 from __future__ import annotations
@@ -22,13 +27,13 @@ import time
 import torch
 from common import save
 
-from radit.augment import answer_generative, answer_naive
+from radit.augment import answer_generative, answer_generative_batch, answer_naive
 from radit.config import InferenceConfig
 from radit.data.qa import load_questions
 from radit.eval.harness import demonstration
 from radit.eval.tasks import get_task
 from radit.lm.model import load_lm
-from radit.prompts import get_template
+from radit.prompts import resolve_template
 from radit.retriever.search import load_searcher, search_batched
 
 
@@ -43,6 +48,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--template", default="qa", help="prompt template: a name, or a model folder to use the template it was trained with")
+    ap.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True, help="also time the naive loop")
+    ap.add_argument("--batch-sizes", type=int, nargs="*", default=[], help="also answer this many questions at once")
     args = ap.parse_args()
 
     questions = [q.question for q in load_questions("quickstart:squad-open/test", limit=args.questions + 1)]
@@ -50,7 +58,7 @@ def main() -> None:
     hits = search_batched(searcher, questions, args.k)
     temperature = searcher.retrieval_temperature
     model, tokenizer = load_lm(args.model, device=args.device, dtype=args.dtype)
-    template = get_template("qa")
+    template = resolve_template(args.template)
     task = get_task("squad-open")
     demos = [demonstration(d, template) for d in task.demonstrations(args.shots)]
     settings = InferenceConfig(mode="replug", k=args.k, retrieval_temperature=temperature, scoring=args.scoring,
@@ -65,32 +73,49 @@ def main() -> None:
             times.append(time.perf_counter() - t)
         return preds, times
 
-    naive, naive_t = run(answer_naive)
-    fast, fast_t = run(answer_generative)
+    def agreement(preds: list, reference: list) -> dict:
+        diffs = [float((torch.tensor(a.mixed) - torch.tensor(b.mixed)).abs().max())
+                 for a, b in zip(preds, reference) if a.candidates == b.candidates and a.mixed]
+        return {"identical_answers": sum(a.answer == b.answer for a, b in zip(preds, reference)),
+                "identical_candidates": sum(a.candidates == b.candidates for a, b in zip(preds, reference)),
+                "max_abs_mixed_diff": max(diffs, default=0.0)}
 
-    same_answer = sum(a.answer == b.answer for a, b in zip(fast, naive))
-    same_candidates = sum(a.candidates == b.candidates for a, b in zip(fast, naive))
-    max_diff = max(float((torch.tensor(a.mixed) - torch.tensor(b.mixed)).abs().max())
-                   for a, b in zip(fast, naive) if a.candidates == b.candidates and a.mixed)
-    ratio = sum(naive_t) / sum(fast_t)
+    fast, fast_t = run(answer_generative)
     n = len(fast)
     results = {
-        "model": args.model, "index": args.index, "k": args.k, "shots": args.shots, "scoring": args.scoring, "dtype": args.dtype,
-        "questions": n,
-        "naive_s_per_question": round(sum(naive_t) / n, 3),
+        "model": args.model, "index": args.index, "template": template.name, "k": args.k, "shots": args.shots,
+        "scoring": args.scoring, "dtype": args.dtype, "questions": n,
         "batched_s_per_question": round(sum(fast_t) / n, 3),
-        "naive_median_s": round(statistics.median(naive_t), 3),
         "batched_median_s": round(statistics.median(fast_t), 3),
-        "speedup": round(ratio, 2),
         "mean_candidates": round(sum(len(p.candidates) for p in fast) / n, 2),
-        "identical_answers": same_answer,
-        "identical_candidates": same_candidates,
-        "max_abs_mixed_diff": max_diff,
     }
-    print(f"{n} questions, k={args.k}, {args.shots}-shot, {args.dtype}: naive {results['naive_s_per_question']:.2f} s/q, "
-          f"batched {results['batched_s_per_question']:.2f} s/q -> {ratio:.2f}x; "
-          f"identical answers {same_answer}/{n}, candidates {same_candidates}/{n}, max |mixed diff| {max_diff:.2e}")
-    save(f"inference_speed-k{args.k}-{args.shots}shot-{args.dtype}", results, device=str(model.device))
+    print(f"{n} questions, k={args.k}, {args.shots}-shot, {args.dtype}: batched {results['batched_s_per_question']:.2f} s/q")
+    if args.naive:
+        naive, naive_t = run(answer_naive)
+        ratio = sum(naive_t) / sum(fast_t)
+        results.update({"naive_s_per_question": round(sum(naive_t) / n, 3),
+                        "naive_median_s": round(statistics.median(naive_t), 3),
+                        "speedup": round(ratio, 2), **agreement(fast, naive)})
+        print(f"  naive {results['naive_s_per_question']:.2f} s/q -> batched is {ratio:.2f}x; identical answers "
+              f"{results['identical_answers']}/{n}, candidates {results['identical_candidates']}/{n}, "
+              f"max |mixed diff| {results['max_abs_mixed_diff']:.2e}")
+    results["question_batches"] = []
+    for size in args.batch_sizes:
+        answer_generative_batch(model, tokenizer, questions[:size], hits[:size], template, settings, [demos] * size)  # warm-up
+        preds, t = [], time.perf_counter()
+        for start in range(1, len(questions), size):
+            chunk = questions[start : start + size]
+            preds += answer_generative_batch(model, tokenizer, chunk, hits[start : start + size], template, settings,
+                                             [demos] * len(chunk))
+        seconds = time.perf_counter() - t
+        row = {"batch_size": size, "s_per_question": round(seconds / n, 3),
+               "speedup_vs_one_question": round(sum(fast_t) / seconds, 2), **agreement(preds, fast)}
+        results["question_batches"].append(row)
+        print(f"  {size} questions at once: {row['s_per_question']:.2f} s/q -> {row['speedup_vs_one_question']:.2f}x "
+              f"one question at a time; identical answers {row['identical_answers']}/{n}, "
+              f"max |mixed diff| {row['max_abs_mixed_diff']:.2e}")
+    name = f"inference_speed-k{args.k}-{args.shots}shot-{args.dtype}" + ("-question-batches" if args.batch_sizes else "")
+    save(name, results, device=str(model.device))
 
 
 if __name__ == "__main__":

@@ -94,6 +94,30 @@ def test_greedy_from_prefill_equals_generate(tiny_lm, stop):
     assert greedy_from_prefill(model, tokenizer, pre, max_new_tokens=12, stop_at_answer_end=stop) == fast
 
 
+def test_joined_prefills_decode_as_each_alone(tiny_lm):
+    """Two groups of prompts of different widths, prefilled apart and joined (left-padded to the
+    widest): greedy decoding of the joined rows gives each group's own answers, and the parts are
+    left as they were."""
+    from radit.lm.generate import greedy_from_prefill
+    from radit.lm.prefill import concat_prefills, prefill
+
+    model, tokenizer = tiny_lm
+    groups = [build_prompts(QA, QUESTION, HITS, "replug"), ["Q: Hi\nA:", "A"], ["Question: What is 2 + 2?\nAnswer:"]]
+    parts = [prefill(model, tokenizer, g, reserve=12) for g in groups]
+    assert len({p.attention_mask.shape[1] for p in parts}) == 3  # the join really pads
+    widths = [p.cache.get_seq_length() for p in parts]
+    joined = concat_prefills(parts)
+    assert joined.attention_mask.shape == (6, max(widths)) and joined.cache.get_seq_length() == max(widths)
+    assert joined.lengths.tolist() == [n for p in parts for n in p.lengths.tolist()]
+    fast = greedy_from_prefill(model, tokenizer, joined, max_new_tokens=12, stop_at_answer_end=True)
+    alone = [t for p in parts for t in greedy_from_prefill(model, tokenizer, p, max_new_tokens=12, stop_at_answer_end=True)]
+    assert fast == alone and len(set(fast)) >= 3
+    assert [p.cache.get_seq_length() for p in parts] == widths
+    assert concat_prefills(parts[:1]) is parts[0]
+    with pytest.raises(ValueError, match="at least one"):
+        concat_prefills([])
+
+
 def test_no_empty_answer_when_the_model_would_stop_at_once(tiny_lm):
     """SmolLM2 ends many plain QA prompts with eos at once; min_new_tokens=1 (the default) rules that out."""
     from radit.lm.generate import greedy_from_prefill
@@ -256,6 +280,60 @@ def test_generative_equals_naive(tiny_lm, scoring):
     assert fast.passage_ids == ["ming#0", "ming#1", "rome#0"]
     assert sum(fast.weights) == pytest.approx(1.0) and fast.weights[0] > fast.weights[1] > fast.weights[2]
     assert fast.answer == fast.candidates[max(range(len(fast.mixed)), key=fast.mixed.__getitem__)]
+
+
+BATCH = [  # questions with their own hits (different counts, ranks and widths) and demonstrations
+    (QUESTION, HITS, ()),
+    ("Who founded Rome?", [HITS[2], HITS[0]], (("What is the capital of France?", "Paris"),)),
+    ("Where did the Ming capital move?", [HITS[1], HITS[2], HITS[0]], ()),
+    ("Who was the Hongwu Emperor?", HITS[:1], ()),
+]
+
+
+@pytest.mark.parametrize("overrides", [dict(scoring="nll"), dict(scoring="nll_comp"), dict(scoring="nll_char", k=2),
+                                       dict(token_level=True), dict(mode="concat"), dict(mode="closed-book")])
+def test_generative_batch_equals_one_question_at_a_time(tiny_lm, overrides):
+    """Several questions decoded and rescored together give each question's own answer, candidates,
+    per-chunk answers and scores (up to float rounding); and the naive reference agrees."""
+    from radit.augment import answer_generative_batch
+
+    model, tokenizer = tiny_lm
+    settings = cfg(**{"retrieval_temperature": 0.1, "k": 3, "max_new_tokens": 6, **overrides})
+    batch = answer_generative_batch(model, tokenizer, [q for q, _, _ in BATCH], [h for _, h, _ in BATCH], QA, settings,
+                                    [d for _, _, d in BATCH])
+    alone = [answer_generative(model, tokenizer, q, h, QA, settings, demonstrations=d) for q, h, d in BATCH]
+    assert len(batch) == len(BATCH)
+    if settings.mode == "replug" and not settings.token_level:
+        assert sum(len(p.candidates) for p in batch) > len(BATCH)  # some chunks disagree: the mixing decides
+    for b, a, (q, _, _) in zip(batch, alone, BATCH):
+        assert b.question == q
+        assert (b.answer, b.candidates, b.chunk_answers, b.passage_ids) == (a.answer, a.candidates, a.chunk_answers, a.passage_ids)
+        assert b.mixed == pytest.approx(a.mixed, abs=1e-4) and b.weights == pytest.approx(a.weights)
+        assert torch.allclose(torch.tensor(b.chunk_scores), torch.tensor(a.chunk_scores), atol=1e-4)
+    if not settings.token_level:
+        for b, (q, h, d) in zip(batch, BATCH):
+            assert b.answer == answer_naive(model, tokenizer, q, h, QA, settings, demonstrations=d).answer
+    with pytest.raises(ValueError, match="as many"):
+        answer_generative_batch(model, tokenizer, [QUESTION], [HITS, HITS], QA, settings)
+    assert answer_generative_batch(model, tokenizer, [], [], QA, settings) == []
+
+
+def test_generative_batch_answers_one_by_one_when_caches_cannot_be_joined(tiny_lm, monkeypatch):
+    import radit.augment
+    from radit.augment import answer_generative_batch
+
+    model, tokenizer = tiny_lm
+    settings = cfg(retrieval_temperature=0.1, k=3, max_new_tokens=6)
+    questions, hits = [q for q, _, _ in BATCH], [h for _, h, _ in BATCH]
+    joined = answer_generative_batch(model, tokenizer, questions, hits, QA, settings)
+
+    def cannot_join(pres):
+        raise ValueError("concat_prefills joins caches of plain DynamicLayer layers only")
+
+    monkeypatch.setattr(radit.augment, "concat_prefills", cannot_join)
+    apart = answer_generative_batch(model, tokenizer, questions, hits, QA, settings)
+    assert [p.answer for p in apart] == [p.answer for p in joined]
+    assert [p.candidates for p in apart] == [p.candidates for p in joined]
 
 
 def test_settings_are_checked_and_resolved(tiny_lm):

@@ -246,6 +246,7 @@ class FakeAnswers:
 
     def __init__(self, fail_after: int | None = None, choice_answer: str = "true"):
         self.calls: list[dict] = []
+        self.batches: list[list[str]] = []
         self.fail_after = fail_after
         self.choice_answer = choice_answer
 
@@ -267,9 +268,18 @@ class FakeAnswers:
                            "template": template, "demonstrations": demonstrations})
         return self._predict(self.choice_answer, hits, list(template.answer_options))
 
+    def generative_batch(self, model, tokenizer, questions, hits, template, settings, demonstrations=None):
+        self.batches.append(list(questions))
+        return [self.generative(model, tokenizer, q, h, template, settings, d)
+                for q, h, d in zip(questions, hits, demonstrations or [()] * len(questions))]
+
     @property
     def fns(self):
         return {"generative": self.generative, "choice": self.choice}
+
+    @property
+    def batch_fns(self):
+        return {**self.fns, "generative_batch": self.generative_batch}
 
 
 def eval_cfg(tmp_path, questions_file, index, **kw) -> EvalConfig:
@@ -322,6 +332,28 @@ def test_eval_resumes_after_a_kill_without_duplicates(tmp_path, questions_file, 
     # Everything done: a rerun answers nothing and rewrites the same metrics.
     again = FakeAnswers()
     assert run_eval(cfg, again.fns, lm=(None, None))["metrics"] == report["metrics"] and not again.calls
+
+
+def test_eval_answers_in_batches_and_a_killed_batch_resumes(tmp_path, questions_file, bm25_index):
+    """--batch-size 2: open-QA questions go to the batch answer function two at a time; every record is
+    as one at a time; a run killed mid-batch keeps the batches before it and resumes with another size."""
+    cfg = eval_cfg(tmp_path, questions_file, bm25_index, batch_size=2)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_eval(cfg, FakeAnswers(fail_after=2).batch_fns, lm=(None, None))  # the third question fails
+    preds = tmp_path / "run" / "predictions.jsonl"
+    assert [json.loads(line)["id"] for line in preds.read_text().splitlines()] == ["ming", "paris"]
+
+    fake = FakeAnswers()
+    report = run_eval(dataclasses.replace(cfg, batch_size=3), fake.batch_fns, lm=(None, None))
+    assert fake.batches == [[q["question"] for q in QUESTIONS[2:]]]
+    assert report["resumed"] == 2 and report["n"] == 5 and report["metrics"]["em"] == pytest.approx(EM)
+    one = FakeAnswers()
+    run_eval(eval_cfg(tmp_path, questions_file, bm25_index, output=str(tmp_path / "one")), one.fns, lm=(None, None))
+    drop = lambda line: {k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
+    assert ([drop(x) for x in preds.read_text().splitlines()]
+            == [drop(x) for x in (tmp_path / "one" / "predictions.jsonl").read_text().splitlines()])
+    with pytest.raises(ValueError, match="--batch-size"):
+        eval_cfg(tmp_path, questions_file, bm25_index, batch_size=0)
 
 
 def test_eval_limit_and_settings_mismatch(tmp_path, questions_file, bm25_index):
@@ -441,6 +473,22 @@ def test_eval_with_tiny_llama_and_bm25(tmp_path, questions_file, bm25_index, tin
         log_w = torch.tensor(rec["weights"], dtype=torch.float64).log()
         remixed = torch.logsumexp(scores + log_w[:, None], dim=0).tolist()
         assert remixed == pytest.approx([-math.inf if x is None else x for x in rec["mixed"]], abs=1e-3)
+
+
+def test_eval_batches_of_questions_equal_one_at_a_time_with_tiny_llama(tmp_path, questions_file, bm25_index, tiny_lm_dir):
+    """The default batch answer path against --batch-size 1 on a real (tiny) LM: the same records up to float rounding."""
+    runs = {}
+    for size in (1, 4):
+        cfg = ecfg(task=f"qa-file:{questions_file}", model=str(tiny_lm_dir), index=str(bm25_index), k=3,
+                   max_new_tokens=4, device="cpu", output=str(tmp_path / f"b{size}"), batch_size=size)
+        run_eval(cfg)
+        runs[size] = [json.loads(line) for line in (tmp_path / f"b{size}" / "predictions.jsonl").read_text().splitlines()]
+    assert len(runs[1]) == 5
+    for a, b in zip(runs[1], runs[4], strict=True):
+        for key in ("id", "prediction", "em", "f1", "candidates", "chunk_answers", "passage_ids"):
+            assert a[key] == b[key], (a["id"], key)
+        assert a["mixed"] == pytest.approx(b["mixed"], abs=1e-4)
+        assert torch.allclose(torch.tensor(a["chunk_scores"]), torch.tensor(b["chunk_scores"]), atol=1e-4)
 
 
 def test_eval_choice_tasks_with_tiny_llama(tmp_path, data_dir, bm25_index, tiny_lm_dir):

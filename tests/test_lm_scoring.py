@@ -103,6 +103,27 @@ def test_prefilled_equals_separate_pairs(tiny_lm, max_rows):
     torch.testing.assert_close(torch.cat([torch.cat(r) for r in again]), torch.cat([torch.cat(r) for r in got]))
 
 
+@pytest.mark.parametrize("max_rows", [None, 3, 1])
+def test_prefilled_pairs_on_joined_prefills_equal_separate_pairs(tiny_lm, max_rows):
+    """Each row its own continuations, on prompts prefilled in two groups and joined (several questions
+    scored together): every pair as `continuation_logprobs` scores it alone."""
+    from radit.lm.prefill import concat_prefills
+    from radit.lm.scoring import prefilled_pair_logprobs
+
+    model, tokenizer = tiny_lm
+    joined = concat_prefills([prefill(model, tokenizer, PROMPTS[:2], reserve=8),
+                              prefill(model, tokenizer, PROMPTS[2:], reserve=8)])
+    pairs = [(0, " Zhu Yuanzhang"), (0, " Hongwu"), (1, " Hello there, friend"), (2, " Paris"), (2, " Zhu Yuanzhang"),
+             (3, " B C D E F G"), (3, ""), (1, " Z")]
+    got = prefilled_pair_logprobs(model, tokenizer, joined, pairs, max_rows=max_rows)
+    want = continuation_logprobs(model, tokenizer, [PROMPTS[p] for p, _ in pairs], [c for _, c in pairs], batch_size=1)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="outside"):
+        prefilled_pair_logprobs(model, tokenizer, joined, [(4, " Paris")])
+
+
 def test_normalisations_on_hand_made_logprobs():
     lp = torch.tensor([-1.0, -2.0, -3.0])
     assert score(lp, "abcd", "nll") == pytest.approx(-6.0)

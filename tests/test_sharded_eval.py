@@ -7,8 +7,9 @@ of this file, whose `_worker` runs the same CLI with the answer function wrapped
 questions each process answers (each its own share, none twice). Compared with the one-process run:
 
 - predictions.jsonl: the same records in question order, predictions and their em/f1 identical; the
-  float lists (mixed log-probabilities, p_R weights, retrieval scores) within FLOAT_ATOL, for float
-  noise from the query batches, which differ (3 + 2 questions against 5; measured 0 on CPU);
+  float lists (mixed log-probabilities, p_R weights, retrieval scores, per-chunk scores) within
+  FLOAT_ATOL, for float noise from the query and answer batches, which differ (3 + 2 questions
+  against 5: other padding; measured about 1e-6 on CPU);
 - metrics.json: equal but for the timings and the process count; config.yaml equal but for --output;
 - nothing else left in the run directory (the per-process files are merged and deleted).
 
@@ -36,7 +37,7 @@ from test_harness import QUESTIONS, FakeAnswers, eval_cfg
 from radit.eval.harness import merge_predictions, run_eval
 
 FLOAT_ATOL = 1e-5
-FLOAT_LISTS = ("mixed", "weights", "retrieval_scores")
+FLOAT_LISTS = ("mixed", "weights", "retrieval_scores", "chunk_scores")
 TIMINGS = ("seconds", "wall_seconds")
 
 
@@ -66,13 +67,13 @@ def _worker(answered: str, *argv: str) -> None:
 
     questions: list[str] = []
     fns = harness.default_answer_fns()
-    answer = fns["generative"]
+    answer = fns["generative_batch"]
 
-    def noted(model, tokenizer, question, *args, **kwargs):
-        questions.append(question)
-        return answer(model, tokenizer, question, *args, **kwargs)
+    def noted(model, tokenizer, batch, *args, **kwargs):
+        questions.extend(batch)
+        return answer(model, tokenizer, batch, *args, **kwargs)
 
-    harness.default_answer_fns = lambda: {**fns, "generative": noted}
+    harness.default_answer_fns = lambda: {**fns, "generative_batch": noted}
     code = main(list(argv))
     Path(answered, f"rank{distributed.rank()}.json").write_text(json.dumps(questions))
     sys.exit(code)
@@ -99,7 +100,11 @@ def assert_same_eval(run: Path, reference: Path) -> float:
         for key in x.keys() - {"seconds", *FLOAT_LISTS}:
             assert x[key] == y[key], (x["id"], key)
         for key in FLOAT_LISTS:
-            gap = max(gap, float_gap(x[key], y[key]))
+            a, b = x[key], y[key]
+            if key == "chunk_scores":  # [prompts][candidates]
+                assert [len(row) for row in a] == [len(row) for row in b]
+                a, b = [v for row in a for v in row], [v for row in b for v in row]
+            gap = max(gap, float_gap(a, b))
     assert gap <= FLOAT_ATOL
 
     metrics, reference_metrics = (json.loads((d / "metrics.json").read_text()) for d in (run, reference))

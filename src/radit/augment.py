@@ -41,8 +41,8 @@ from radit.ensemble import choose, dedupe_candidates, mix_log_probs, retrieval_l
 from radit.lm.generate import ensemble_from_prefill, greedy_from_prefill, greedy_generate
 from radit.lm.inputs import tokenize_continuations
 from radit.lm.model import context_length, model_device
-from radit.lm.prefill import prefill
-from radit.lm.scoring import candidate_logprobs, score
+from radit.lm.prefill import Prefill, concat_prefills, prefill
+from radit.lm.scoring import candidate_logprobs, prefilled_pair_logprobs, score
 from radit.prompts import Demonstration, PromptTemplate, comp_prompt, fit_background, to_model_text
 from radit.runtime import resolve_dtype
 
@@ -187,14 +187,21 @@ def _prepare(model, tokenizer, question, hits, template, settings: InferenceConf
     return _Prompts(prompts, log_weights, [h.id for h in used], stats["truncated"])
 
 
+def _comp_logprobs(model, tokenizer, template, candidates, dtype, naive) -> list[torch.Tensor]:
+    """Per candidate, its token log-probs after just the template's bare answer prompt (`nll_comp`'s divisor)."""
+    context = to_model_text(template, comp_prompt(template), tokenizer)
+    (comp,) = candidate_logprobs(model, tokenizer, [context], [template.continuation(c) for c in candidates],
+                                 dtype=dtype, naive=naive)
+    return comp
+
+
 def _score_matrix(model, tokenizer, prompts, candidates, template, scoring, dtype, naive, pre=None) -> torch.Tensor:
     """[P, C] score of each candidate after each prompt, by the `scoring` normalisation (App. B)."""
     continuations = [template.continuation(c) for c in candidates]
     logprobs = candidate_logprobs(model, tokenizer, prompts, continuations, dtype=dtype, naive=naive, pre=pre)
     comp: list = [None] * len(candidates)
     if scoring == "nll_comp":
-        context = to_model_text(template, comp_prompt(template), tokenizer)
-        (comp,) = candidate_logprobs(model, tokenizer, [context], continuations, dtype=dtype, naive=naive)
+        comp = _comp_logprobs(model, tokenizer, template, candidates, dtype, naive)
     return torch.tensor(
         [[score(lp, cand, scoring, c) for lp, cand, c in zip(row, candidates, comp)] for row in logprobs],
         dtype=torch.float64,
@@ -207,41 +214,129 @@ def _mix(scores: torch.Tensor, log_weights: torch.Tensor) -> tuple[list[float], 
     return mixed[0].tolist(), int(choose(mixed)[0])
 
 
-def _answer_generative(model, tokenizer, question, hits, template, settings: InferenceConfig, demonstrations,
-                       naive: bool) -> Prediction:
-    if template.choices is not None:
-        raise ValueError(f"template {template.name!r} is multiple choice; use answer_choice")
-    if naive and settings.token_level:
-        raise ValueError("answer_naive has no token-level version; use answer_generative for token_level=True")
-    dtype = resolve_dtype(settings.dtype, model_device(model))
-    budget = settings.max_new_tokens
-    reserve = budget + _RESCORE_SLACK
-    p = _prepare(model, tokenizer, question, hits, template, settings, demonstrations, None, reserve)
-    # The question's prompts are read once, as one batch: decoding and rescoring both continue from
-    # their KV cache. The naive reference decodes one prompt at a time and rescores with full forwards.
-    pre = None if naive else prefill(model, tokenizer, p.prompts, reserve=reserve, dtype=dtype)
-    if settings.token_level:
-        text = ensemble_from_prefill(model, tokenizer, pre, p.log_weights, budget, dtype, stop_at_answer_end=True)
-        chunk_answers: list[str] = []
-        candidates = dedupe_candidates([extract_answer(text)], normalize_answer)
-    else:
-        if naive:
-            texts = greedy_generate(model, tokenizer, p.prompts, max_new_tokens=budget, batch_size=1,
-                                    dtype=dtype, stop_at_answer_end=True)
-        else:
-            texts = greedy_from_prefill(model, tokenizer, pre, max_new_tokens=budget, dtype=dtype,
-                                        stop_at_answer_end=True)
-        chunk_answers = [extract_answer(t) for t in texts]
-        candidates = dedupe_candidates(chunk_answers, normalize_answer)
+def _predict(question: str, p: _Prompts, candidates: list[str], chunk_answers: list[str], scores: torch.Tensor | None,
+             settings: InferenceConfig) -> Prediction:
+    """The Prediction of one question from its candidates and their [P, C] scores (Eq. 2's mixture)."""
+    weights = p.log_weights.exp().tolist()
     if not candidates:
         log.warning("no prompt gave a non-empty answer to %r", question)
-        return Prediction(question, "", [], [], chunk_answers, p.log_weights.exp().tolist(), p.passage_ids,
-                          [[] for _ in p.prompts], settings.mode, settings.scoring, p.truncated)
-    # Eq. 2 needs every candidate under every chunk, including the chunks that decoded another answer.
-    scores = _score_matrix(model, tokenizer, p.prompts, candidates, template, settings.scoring, dtype, naive, pre)
+        return Prediction(question, "", [], [], chunk_answers, weights, p.passage_ids, [[] for _ in p.prompts],
+                          settings.mode, settings.scoring, p.truncated)
     mixed, best = _mix(scores, p.log_weights)
-    return Prediction(question, candidates[best], candidates, mixed, chunk_answers, p.log_weights.exp().tolist(),
-                      p.passage_ids, scores.tolist(), settings.mode, settings.scoring, p.truncated)
+    return Prediction(question, candidates[best], candidates, mixed, chunk_answers, weights, p.passage_ids,
+                      scores.tolist(), settings.mode, settings.scoring, p.truncated)
+
+
+def _answer_prefilled(model, tokenizer, questions: Sequence[str], preps: Sequence[_Prompts], pre: Prefill,
+                      template: PromptTemplate, settings: InferenceConfig, dtype: str) -> list[Prediction]:
+    """Decode and rescore questions whose prompts are the rows of `pre`, question after question."""
+    starts = [sum(len(p.prompts) for p in preps[:i]) for i in range(len(preps))]
+    if settings.token_level:
+        # The token-level ensemble mixes every row of `pre`: the caller gives it one question.
+        (p,) = preps
+        text = ensemble_from_prefill(model, tokenizer, pre, p.log_weights, settings.max_new_tokens, dtype,
+                                     stop_at_answer_end=True)
+        chunk_answers: list[list[str]] = [[]]
+        candidates = [dedupe_candidates([extract_answer(text)], normalize_answer)]
+    else:
+        # Every row decodes at once; a row stops at the end of its first answer line.
+        texts = greedy_from_prefill(model, tokenizer, pre, max_new_tokens=settings.max_new_tokens, dtype=dtype,
+                                    stop_at_answer_end=True)
+        chunk_answers = [[extract_answer(t) for t in texts[s : s + len(p.prompts)]] for s, p in zip(starts, preps)]
+        candidates = [dedupe_candidates(answers, normalize_answer) for answers in chunk_answers]
+    # Eq. 2 needs every candidate under every chunk, including the chunks that decoded another answer:
+    # all questions' (chunk, candidate) pairs are scored on the same cache, in the same forwards.
+    pairs = [(s + r, template.continuation(c))
+             for s, p, cands in zip(starts, preps, candidates) for r in range(len(p.prompts)) for c in cands]
+    flat = prefilled_pair_logprobs(model, tokenizer, pre, pairs, dtype=dtype)
+    comp: dict[str, torch.Tensor | None] = {}
+    if settings.scoring == "nll_comp":
+        distinct = sorted({c for cands in candidates for c in cands})
+        comp = dict(zip(distinct, _comp_logprobs(model, tokenizer, template, distinct, dtype, naive=False)))
+    predictions, i = [], 0
+    for question, p, cands, answers in zip(questions, preps, candidates, chunk_answers):
+        lps = flat[i : i + len(p.prompts) * len(cands)]
+        i += len(lps)
+        scores = torch.tensor([[score(lps[r * len(cands) + j], c, settings.scoring, comp.get(c))
+                                for j, c in enumerate(cands)] for r in range(len(p.prompts))], dtype=torch.float64)
+        predictions.append(_predict(question, p, cands, answers, scores, settings))
+    return predictions
+
+
+def answer_generative_batch(
+    model,
+    tokenizer,
+    questions: Sequence[str],
+    hits: Sequence[Sequence | None],
+    template: PromptTemplate,
+    settings: InferenceConfig,
+    demonstrations: Sequence[Sequence[Demonstration]] | None = None,
+) -> list[Prediction]:
+    """`answer_generative` for several questions at once: the same answers, in far fewer LM calls.
+
+    Each question's prompts are prefilled as their own batch (they pad only to that question's
+    longest), then joined (`radit.lm.prefill.concat_prefills`): every question's rows decode
+    together, and every (chunk, candidate) pair of every question is scored in the same forwards. A
+    decoding step reads all the model's weights for one token per row, so on a CPU it costs about as
+    much for 24 rows as for 3 (SmolLM2-135M, 2 cores: 0.2 s vs 0.3 s). The predictions equal
+    `answer_generative`'s per question, up to float rounding.
+
+    With `settings.token_level`, or a cache that cannot be joined (sliding-window layers), the
+    questions are decoded one by one.
+
+    Args:
+        questions: the question texts.
+        hits: per question, its retrieved chunks (as for `answer_generative`).
+        demonstrations: per question, its in-context examples; default none.
+        Others: as for `answer_generative`.
+
+    Returns:
+        One Prediction per question, in order.
+    """
+    if template.choices is not None:
+        raise ValueError(f"template {template.name!r} is multiple choice; use answer_choice")
+    demonstrations = [()] * len(questions) if demonstrations is None else demonstrations
+    if not len(questions) == len(hits) == len(demonstrations):
+        raise ValueError(f"{len(questions)} questions need as many hit lists and demonstration lists, "
+                         f"got {len(hits)} and {len(demonstrations)}")
+    dtype = resolve_dtype(settings.dtype, model_device(model))
+    # A rescored answer may re-tokenise a few tokens longer than decoded: the prompts keep room for it.
+    reserve = settings.max_new_tokens + _RESCORE_SLACK
+    preps = [_prepare(model, tokenizer, q, h, template, settings, d, None, reserve)
+             for q, h, d in zip(questions, hits, demonstrations)]
+    pres = [prefill(model, tokenizer, p.prompts, reserve=reserve, dtype=dtype) for p in preps]
+    groups = [[i] for i in range(len(questions))]
+    joined: Prefill | None = None
+    if len(questions) > 1 and not settings.token_level:
+        try:
+            joined = concat_prefills(pres)
+            groups = [list(range(len(questions)))]
+        except ValueError:
+            log.debug("this model's cache cannot be joined; answering the questions one by one")
+    predictions: list[Prediction] = []
+    for group in groups:
+        pre = joined if joined is not None else pres[group[0]]
+        predictions += _answer_prefilled(model, tokenizer, [questions[i] for i in group], [preps[i] for i in group],
+                                         pre, template, settings, dtype)
+    return predictions
+
+
+def _answer_naive(model, tokenizer, question, hits, template, settings: InferenceConfig, demonstrations) -> Prediction:
+    if template.choices is not None:
+        raise ValueError(f"template {template.name!r} is multiple choice; use answer_choice")
+    if settings.token_level:
+        raise ValueError("answer_naive has no token-level version; use answer_generative for token_level=True")
+    dtype = resolve_dtype(settings.dtype, model_device(model))
+    p = _prepare(model, tokenizer, question, hits, template, settings, demonstrations, None,
+                 settings.max_new_tokens + _RESCORE_SLACK)
+    # One prompt at a time with `model.generate`; every (chunk, candidate) pair its own full forward.
+    texts = greedy_generate(model, tokenizer, p.prompts, max_new_tokens=settings.max_new_tokens, batch_size=1,
+                            dtype=dtype, stop_at_answer_end=True)
+    chunk_answers = [extract_answer(t) for t in texts]
+    candidates = dedupe_candidates(chunk_answers, normalize_answer)
+    scores = (_score_matrix(model, tokenizer, p.prompts, candidates, template, settings.scoring, dtype, naive=True)
+              if candidates else None)
+    return _predict(question, p, candidates, chunk_answers, scores, settings)
 
 
 def answer_generative(
@@ -257,8 +352,9 @@ def answer_generative(
 
     The k prompts run once as one batch (`radit.lm.prefill.prefill`); they decode greedily from that
     KV cache (stopping each at the end of its first answer line), and each distinct answer is then
-    scored under every prompt on the same cache (`radit.lm.scoring.candidate_logprobs`), normalised
-    by `settings.scoring`, mixed with p_R = softmax(hit scores / T) and the argmax is returned.
+    scored under every prompt on the same cache (`radit.lm.scoring.prefilled_pair_logprobs`),
+    normalised by `settings.scoring`, mixed with p_R = softmax(hit scores / T) and the argmax is
+    returned. `answer_generative_batch` does this for several questions at once.
 
     With `settings.token_level`, REPLUG's token-level ensemble instead: at each step the k next-token
     distributions are mixed with p_R (`radit.lm.generate.ensemble_from_prefill`) and the argmax
@@ -282,7 +378,8 @@ def answer_generative(
         ValueError: with a multiple-choice template, without hits outside closed-book, or when
             several prompts are mixed and `settings.retrieval_temperature` is None.
     """
-    return _answer_generative(model, tokenizer, question, hits, template, settings, demonstrations, naive=False)
+    (prediction,) = answer_generative_batch(model, tokenizer, [question], [hits], template, settings, [demonstrations])
+    return prediction
 
 
 def answer_naive(
@@ -300,7 +397,7 @@ def answer_naive(
     `model.generate` and scores each (chunk, candidate) pair with its own full forward
     (`candidate_logprobs(naive=True)`). Same answers; scores equal up to float rounding.
     """
-    return _answer_generative(model, tokenizer, question, hits, template, settings, demonstrations, naive=True)
+    return _answer_naive(model, tokenizer, question, hits, template, settings, demonstrations)
 
 
 def remix(pred: Prediction, scores: Sequence[float], k: int, temperature: float) -> Prediction:

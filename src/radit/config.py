@@ -425,6 +425,9 @@ class EvalConfig:
     """Torch device for the LM and the query encoder."""
     search_batch_size: int = 128
     """Questions per retrieval call."""
+    batch_size: int = 8
+    """Open-QA questions answered together: their prompts decode and are scored as one batch, with
+    the same answers as one at a time (up to float rounding). Multiple-choice questions go one at a time."""
     verify: bool = False
     """Check the passages file against the index's full sha256 even when its size and modification
     time are unchanged (a changed size or mtime always triggers the full check)."""
@@ -434,6 +437,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.search_batch_size < 1:
             raise ValueError(f"--search-batch-size must be >= 1, got {self.search_batch_size}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.shots < 0:
             raise ValueError(f"--shots must be >= 0, got {self.shots}")
         if self.limit is not None and self.limit < 1:

@@ -17,7 +17,7 @@ The run directory (`--output`, default `runs/eval/{task}-{mode}-k{k}-{shots}shot
 - `predictions.jsonl`: one line per question (question, gold, prediction, candidates and their mixed
   log-probabilities, retrieved passage ids, p_R weights, per-chunk answers, each candidate's score
   under each chunk before mixing, em/f1 or correct),
-  flushed line by line. A killed run resumes: a rerun skips the ids already there. A rerun with
+  flushed after each batch of questions (`--batch-size`). A killed run resumes: a rerun skips the ids already there. A rerun with
   other settings (anything but --limit, --device, --search-batch-size) is an error unless --overwrite;
 - `metrics.json`: EM/F1 (open QA) or accuracy (choice tasks) x 100 over the evaluated questions, n,
   truncated prompts, seconds, the number of processes, and the p_R temperature with where it came from.
@@ -45,21 +45,24 @@ from radit.prompts import PromptTemplate, resolve_template
 
 log = logging.getLogger(__name__)
 
-# Settings that may change between a run and its resumption: they do not change any prediction.
-RESUMABLE_FIELDS = frozenset({"limit", "device", "search_batch_size", "overwrite", "output", "on_error", "verify"})
+# Settings that may change between a run and its resumption: they change no prediction (beyond float rounding).
+RESUMABLE_FIELDS = frozenset({"limit", "device", "search_batch_size", "batch_size", "overwrite", "output", "on_error",
+                              "verify"})
 # Runs written before the inference settings became one group kept them at the top level.
 _LEGACY_INFERENCE_KEYS = {"mode": "mode", "k": "k", "temperature": "retrieval_temperature", "scoring": "scoring",
                           "template": "template", "max_new_tokens": "max_new_tokens", "token_level": "token_level",
                           "dtype": "dtype"}
 
 AnswerFns = dict[str, Callable[..., Any]]
-"""{"generative": answer_generative, "choice": answer_choice}, with `radit.augment`'s signatures."""
+"""{"generative": answer_generative, "choice": answer_choice, "generative_batch": answer_generative_batch},
+with `radit.augment`'s signatures; "generative_batch" is optional (without it, open-QA questions are
+answered one at a time)."""
 
 
 def default_answer_fns() -> AnswerFns:
-    from radit.augment import answer_choice, answer_generative
+    from radit.augment import answer_choice, answer_generative, answer_generative_batch
 
-    return {"generative": answer_generative, "choice": answer_choice}
+    return {"generative": answer_generative, "choice": answer_choice, "generative_batch": answer_generative_batch}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,6 +220,32 @@ def _finite(xs: Sequence[float] | None) -> list[float | None]:
     return [float(x) if math.isfinite(x) else None for x in (xs or [])]
 
 
+def _record(task: Task, example: Example, hits: Sequence[Any], pred: Any, seconds: float) -> dict[str, Any]:
+    """The predictions.jsonl line of one answered question."""
+    # Backgrounds cut to fit the context, as the answer function reports them (if it does).
+    truncated = getattr(pred, "truncated", None)
+    return {
+        "id": example.id,
+        "question": example.question,
+        "gold": example.answers,
+        **({"choices": example.choices} if example.choices is not None else {}),
+        "prediction": pred.answer,
+        **score_prediction(task, example, pred.answer),
+        "candidates": list(pred.candidates),
+        "mixed": _finite(pred.mixed),
+        "chunk_answers": list(pred.chunk_answers),
+        "weights": _finite(pred.weights),
+        # [prompts][candidates] log p_LM(candidate | c ∘ x) before mixing: with the weights,
+        # Eq. 2 can be recomputed for another T or a smaller k without running the LM again.
+        "chunk_scores": [_finite(row) for row in getattr(pred, "chunk_scores", None) or []],
+        "passage_ids": list(pred.passage_ids),
+        "retrieved_ids": [h.id for h in hits],
+        "retrieval_scores": _finite([h.score for h in hits]),
+        "truncated": None if truncated is None else int(truncated),
+        "seconds": round(seconds, 4),
+    }
+
+
 # --------------------------------------------------------------------------------------------------
 # The stage
 # --------------------------------------------------------------------------------------------------
@@ -316,47 +345,45 @@ def run_eval(cfg: EvalConfig, answer_fns: AnswerFns | None = None, lm: tuple[Any
         # The answer functions get the settings resolved: p_R's temperature (1.0 where nothing is mixed).
         answer_settings = dataclasses.replace(settings, retrieval_temperature=temperature or 1.0)
 
+        # Open-QA questions are answered `batch_size` at a time (their prompts decode and are scored as
+        # one batch: the same answers, faster); choice tasks, and answer functions without a batch
+        # version, one at a time.
+        batch_fn = fns.get("generative_batch") if task.kind == "generative" else None
+        size = cfg.batch_size if batch_fn is not None else 1
+        items = list(zip(mine, hits_all))
+
+        def answer(batch: list[tuple[Example, list[Any]]]) -> list[Any]:
+            demos = [[demonstration(d, template) for d in task.demonstrations(cfg.shots, ex)] for ex, _ in batch]
+            if batch_fn is not None:
+                return batch_fn(model, tokenizer, [ex.question for ex, _ in batch], [h for _, h in batch], template,
+                                answer_settings, demonstrations=demos)
+            (ex, hits), = batch
+            if task.kind == "generative":
+                return [fns["generative"](model, tokenizer, ex.question, hits, template, answer_settings,
+                                          demonstrations=demos[0])]
+            return [fns["choice"](model, tokenizer, ex.question, ex.choices, hits, template, answer_settings,
+                                  demonstrations=demos[0])]
+
         with open(part_path, "a", encoding="utf-8") as f:
             desc = f"eval {task.name}" + (f" (rank 0's share of {len(pending)})" if world > 1 else "")
-            bar = distributed.progress_bar(list(zip(mine, hits_all)), desc=desc, unit="q")
-            running = 0.0  # this session's score so far, for the progress bar
-            for i, (example, hits) in enumerate(bar, 1):
+            bar = distributed.progress_bar(total=len(items), desc=desc, unit="q")
+            running, answered_now = 0.0, 0  # this session's score and questions so far, for the progress bar
+            for start in range(0, len(items), size):
+                batch = items[start : start + size]
                 t0 = time.time()
-                demos = [demonstration(d, template) for d in task.demonstrations(cfg.shots, example)]
-                if task.kind == "generative":
-                    pred = fns["generative"](model, tokenizer, example.question, hits, template, answer_settings,
-                                             demonstrations=demos)
-                else:
-                    pred = fns["choice"](model, tokenizer, example.question, example.choices, hits, template,
-                                         answer_settings, demonstrations=demos)
-                # Backgrounds cut to fit the context, as the answer function reports them (if it does).
-                truncated = getattr(pred, "truncated", None)
-                rec = {
-                    "id": example.id,
-                    "question": example.question,
-                    "gold": example.answers,
-                    **({"choices": example.choices} if example.choices is not None else {}),
-                    "prediction": pred.answer,
-                    **score_prediction(task, example, pred.answer),
-                    "candidates": list(pred.candidates),
-                    "mixed": _finite(pred.mixed),
-                    "chunk_answers": list(pred.chunk_answers),
-                    "weights": _finite(pred.weights),
-                    # [prompts][candidates] log p_LM(candidate | c ∘ x) before mixing: with the weights,
-                    # Eq. 2 can be recomputed for another T or a smaller k without running the LM again.
-                    "chunk_scores": [_finite(row) for row in getattr(pred, "chunk_scores", None) or []],
-                    "passage_ids": list(pred.passage_ids),
-                    "retrieved_ids": [h.id for h in hits],
-                    "retrieval_scores": _finite([h.score for h in hits]),
-                    "truncated": None if truncated is None else int(truncated),
-                    "seconds": round(time.time() - t0, 4),
-                }
-                # One line per question, flushed: a killed run loses at most the question in flight.
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                f.flush()
-                done[example.id] = rec
-                running += rec.get("em", rec.get("correct", 0.0))
-                bar.set_postfix({"em" if task.kind == "generative" else "acc": f"{100 * running / i:.1f}"})
+                preds = answer(batch)
+                seconds = (time.time() - t0) / len(batch)  # a batch's time, shared by its questions
+                for (example, hits), pred in zip(batch, preds, strict=True):
+                    rec = _record(task, example, hits, pred, seconds)
+                    # One line per question, flushed: a killed run loses at most the batch in flight.
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    f.flush()
+                    done[example.id] = rec
+                    running += rec.get("em", rec.get("correct", 0.0))
+                answered_now += len(batch)
+                bar.update(len(batch))
+                bar.set_postfix({"em" if task.kind == "generative" else "acc": f"{100 * running / answered_now:.1f}"})
+            bar.close()
 
     distributed.barrier()  # every process has written its share
     if rank != 0:

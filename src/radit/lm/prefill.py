@@ -6,6 +6,12 @@ prompts as one left-padded batch and keeps the result (`Prefill`: the cache, the
 prompt's next-token log-probs); `radit.lm.generate.greedy_from_prefill` decodes from it and
 `radit.lm.scoring.prefilled_logprobs` scores candidates on it, so each prompt is read once.
 
+Several questions answered together (`radit.augment.answer_generative_batch`) prefill each question's
+prompts on their own, so that a question's batch pads only to its own longest prompt, and then join
+them (`concat_prefills`): decoding and scoring run once for all the questions' rows. Reading prompts
+is compute-bound, so it gains little from a bigger batch; a decoding or scoring step reads every
+weight of the model for a few tokens, so it costs about the same for 3 rows as for 24.
+
 Prompts are tokenised and cut as everywhere else (`radit.lm.inputs`).
 """
 
@@ -16,6 +22,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from radit.lm.inputs import collate_prompts, pad_id, tokenize_prompts
 from radit.lm.model import context_length, logits_to_keep_supported, model_device
@@ -72,6 +79,46 @@ def prefill(
         out = model(**{k: v.to(device) for k, v in batch.model_inputs().items()}, use_cache=True, **keep)
     next_logprobs = out.logits[:, -1].float().log_softmax(-1)  # [P, V]
     return Prefill(ids, batch.attention_mask.to(device), out.cache, next_logprobs, sum(cut))
+
+
+def concat_prefills(pres: Sequence[Prefill]) -> Prefill:
+    """One Prefill holding the rows of `pres` in order, as if their prompts had been prefilled together.
+
+    Every row is left-padded to the widest (zeros in the cache, 0 in the attention mask), so it keeps
+    its prompt's positions: decoding or scoring on the result gives each row what it gets on its own
+    Prefill, up to float rounding. A single Prefill comes back as it is.
+
+    Raises:
+        ValueError: for a cache other than plain dynamic layers (sliding-window or quantised layers
+            cannot be padded this way); answer the prompt groups one at a time instead.
+    """
+    if not pres:
+        raise ValueError("concat_prefills needs at least one Prefill")
+    if len(pres) == 1:
+        return pres[0]
+    caches = [p.cache for p in pres]
+    n_layers = len(caches[0].layers)
+    if any(len(c.layers) != n_layers or any(type(layer) is not DynamicLayer for layer in c.layers) for c in caches):
+        raise ValueError("concat_prefills joins caches of plain DynamicLayer layers only")
+    width = max(p.attention_mask.shape[1] for p in pres)
+
+    def left_pad(x: torch.Tensor, dim: int) -> torch.Tensor:  # zeros before column 0 of `dim`, up to `width`
+        missing = width - x.shape[dim]
+        if not missing:
+            return x
+        shape = list(x.shape)
+        shape[dim] = missing
+        return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+    out = copy.copy(caches[0])
+    out.layers = [copy.copy(layer) for layer in caches[0].layers]
+    for i, layer in enumerate(out.layers):
+        # DynamicLayer tensors are [rows, heads, width, head_dim].
+        layer.keys = torch.cat([left_pad(c.layers[i].keys, 2) for c in caches])
+        layer.values = torch.cat([left_pad(c.layers[i].values, 2) for c in caches])
+    mask = torch.cat([left_pad(p.attention_mask, 1) for p in pres])
+    return Prefill([ids for p in pres for ids in p.ids], mask, out,
+                   torch.cat([p.next_logprobs for p in pres]), sum(p.truncated for p in pres))
 
 
 def select_rows(cache, rows: torch.Tensor, repeats: int = 1):

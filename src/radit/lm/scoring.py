@@ -9,8 +9,9 @@ the negative log-likelihood the paper names it after (App. B "scoring functions"
 - `target_logprobs` and `pair_logprobs` are the differentiable core: log p of a `PairBatch`'s target
   tokens. Inference calls them under `torch.inference_mode`; LM fine-tuning (Eq. 3) calls them with
   gradients, on pairs encoded by the same `radit.lm.inputs.encode_pairs`.
-- `continuation_logprobs`, `prefilled_logprobs`, `shared_prompt_logprobs` and `candidate_logprobs`
-  return per-token log-probs of text pairs (the last three reuse the prompts' KV cache).
+- `continuation_logprobs`, `prefilled_logprobs`, `prefilled_pair_logprobs`, `shared_prompt_logprobs`
+  and `candidate_logprobs` return per-token log-probs of text pairs (all but the first reuse the
+  prompts' KV cache).
 - The scores (`score`, `SCORERS`) are pure functions of those, testable without a model.
 """
 
@@ -145,75 +146,99 @@ def prefilled_logprobs(
 ) -> list[list[torch.Tensor]]:
     """`continuation_logprobs` of every continuation after every prefilled prompt, reading no prompt again.
 
-    Each continuation's first token is scored by the prompt's stored next-token log-probs; the rest
-    run as one right-padded batch of (prompt, continuation) rows on copies of the prompts' KV cache.
-    The result equals `continuation_logprobs` on the same pairs up to float rounding.
+    `prefilled_pair_logprobs` of all (prompt, continuation) pairs. The result equals
+    `continuation_logprobs` on the same pairs up to float rounding.
 
     Args:
         model, tokenizer, dtype: as for `continuation_logprobs`.
         pre: the prompts after `radit.lm.prefill.prefill` (with `reserve` >= the longest
             continuation's tokens, so that none is cut).
         continuations: the candidate answers, the same for every prompt.
-        max_rows: most (prompt, continuation) rows per forward; the cache copies of one forward
-            hold max_rows x the prompts' width tokens, so lower it for long prompts on a big model.
-            Default: 64 on accelerators; on CPU max(prompts, 16): with k = 10 prompts that is one
-            continuation (after every prompt) per forward, which pads nothing and measured fastest
-            (5-8 sentence candidates, SmolLM2 on 2 cores: 2.9-3.4 s vs 3.7-5.7 s with 64 rows).
+        max_rows: as for `prefilled_pair_logprobs`.
 
     Returns:
         [prompts][continuations] 1-D float32 CPU tensors of per-token log-probs.
     """
-    cont_ids = tokenize_continuations(tokenizer, continuations)
+    n = len(continuations)
+    flat = prefilled_pair_logprobs(model, tokenizer, pre, [(p, c) for p in range(len(pre.ids)) for c in continuations],
+                                   dtype=dtype, max_rows=max_rows)
+    return [flat[p * n : (p + 1) * n] for p in range(len(pre.ids))]
+
+
+def prefilled_pair_logprobs(
+    model,
+    tokenizer,
+    pre: Prefill,
+    pairs: Sequence[tuple[int, str]],
+    dtype: str = "float32",
+    max_rows: int | None = None,
+) -> list[torch.Tensor]:
+    """Per-token log p(continuation | prompt) for (prompt row of `pre`, continuation) pairs.
+
+    Each continuation's first token is scored by its prompt's stored next-token log-probs; the rest
+    run in right-padded batches of (prompt, continuation) rows on copies of the prompts' KV cache,
+    sorted by continuation length so that a forward pads little (0-shot answers range from one word
+    to a 32-token sentence). Each row may have its own continuation: several questions joined by
+    `radit.lm.prefill.concat_prefills` score their own candidates in the same forwards.
+
+    Args:
+        model, tokenizer, dtype: as for `continuation_logprobs`.
+        pre: the prompts (with `reserve` >= the longest continuation's tokens).
+        pairs: (row of `pre`, continuation text).
+        max_rows: most pairs per forward; the cache copies of one forward hold max_rows x the
+            prompts' width tokens, so lower it for long prompts on a big model. Default: 64 on
+            accelerators; on CPU max(prompts, 16): with k = 10 prompts that is about one
+            continuation after every prompt per forward, which measured fastest (5-8 sentence
+            candidates, SmolLM2 on 2 cores: 2.9-3.4 s vs 3.7-5.7 s with 64 rows).
+
+    Returns:
+        One 1-D float32 CPU tensor per pair, as long as its continuation's tokens.
+    """
+    distinct = sorted({c for _, c in pairs})
+    cont_ids = dict(zip(distinct, tokenize_continuations(tokenizer, distinct)))
     n_prompts = len(pre.ids)
+    if any(not 0 <= p < n_prompts for p, _ in pairs):
+        raise ValueError(f"a pair names a prompt row outside the prefill's {n_prompts} rows")
     device = model_device(model)
     if max_rows is None:
         max_rows = max(n_prompts, 16) if device.type == "cpu" else 64
     if max_rows < 1:
         raise ValueError(f"max_rows must be >= 1, got {max_rows}")
     first = pre.next_logprobs.cpu()  # [P, V]
-    results = [[first[p, c[:1]] for c in cont_ids] for p in range(n_prompts)]
-    # Only continuations of 2+ tokens need a forward (the first token is scored by the prefill). They
-    # run sorted by length, in groups, so a forward pads little: 0-shot answers range from one word
-    # to a 32-token sentence. Rows are prompt-major: row r * G + g is (prompt r, continuation g).
-    longer = sorted((j for j, c in enumerate(cont_ids) if len(c) > 1), key=lambda j: len(cont_ids[j]))
-    if not longer:
-        return results
-    per_prompts = min(n_prompts, max_rows)
-    per_group = max(1, max_rows // per_prompts)
+    results = [first[p, cont_ids[c][:1]] for p, c in pairs]
+    # Only continuations of 2+ tokens need a forward (the first token is scored by the prefill).
+    # Sorted by length, then by text: the pairs of one continuation sit together, after every prompt.
+    longer = sorted((i for i, (_, c) in enumerate(pairs) if len(cont_ids[c]) > 1),
+                    key=lambda i: (len(cont_ids[pairs[i][1]]), pairs[i][1], pairs[i][0]))
     pad = pad_id(tokenizer)
     mask_device = pre.attention_mask.device
     with torch.inference_mode(), autocast(device, dtype):
-        for p_start in range(0, n_prompts, per_prompts):
-            prompts = torch.arange(p_start, min(p_start + per_prompts, n_prompts))
-            n_rows = len(prompts)
-            for g_start in range(0, len(longer), per_group):
-                group = longer[g_start : g_start + per_group]
-                g = len(group)
-                width = len(cont_ids[group[-1]]) - 1  # the longest in the group (sorted)
-                # Feed each continuation but its last token: its position j predicts token j + 1.
-                input_ids = torch.full((g, width), pad, dtype=torch.long)
-                cont_mask = torch.zeros((g, width), dtype=torch.long)
-                targets = torch.full((g, width), IGNORE_INDEX, dtype=torch.long)
-                for i, j in enumerate(group):
-                    c = cont_ids[j]
-                    input_ids[i, : len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
-                    cont_mask[i, : len(c) - 1] = 1
-                    targets[i, : len(c) - 1] = torch.tensor(c[1:], dtype=torch.long)
-                cache = select_rows(pre.cache, prompts, repeats=g)
-                prompt_mask = pre.attention_mask[prompts.to(mask_device)].cpu().repeat_interleave(g, 0)
-                mask = torch.cat([prompt_mask, cont_mask.repeat(n_rows, 1)], dim=1)  # [R*G, W + width]
-                positions = pre.lengths[prompts.to(mask_device)].cpu().repeat_interleave(g)[:, None] + torch.arange(width)
-                logits = model(
-                    input_ids=input_ids.repeat(n_rows, 1).to(device),
-                    attention_mask=mask.to(device),
-                    position_ids=positions.to(device),
-                    cache=cache,
-                    use_cache=True,
-                ).logits  # [R*G, width, V]
-                rest = target_logprobs(logits, targets.repeat(n_rows, 1).to(device)).cpu()  # [R*G, width]
-                for r, p in enumerate(prompts.tolist()):
-                    for i, j in enumerate(group):
-                        results[p][j] = torch.cat([results[p][j], rest[r * g + i, : len(cont_ids[j]) - 1]])
+        for start in range(0, len(longer), max_rows):
+            group = longer[start : start + max_rows]
+            conts = [cont_ids[pairs[i][1]] for i in group]
+            width = max(len(c) for c in conts) - 1
+            # Feed each continuation but its last token: its position j predicts token j + 1.
+            input_ids = torch.full((len(group), width), pad, dtype=torch.long)
+            cont_mask = torch.zeros((len(group), width), dtype=torch.long)
+            targets = torch.full((len(group), width), IGNORE_INDEX, dtype=torch.long)
+            for r, c in enumerate(conts):
+                input_ids[r, : len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
+                cont_mask[r, : len(c) - 1] = 1
+                targets[r, : len(c) - 1] = torch.tensor(c[1:], dtype=torch.long)
+            rows = torch.tensor([pairs[i][0] for i in group])
+            cache = select_rows(pre.cache, rows)
+            mask = torch.cat([pre.attention_mask[rows.to(mask_device)].cpu(), cont_mask], dim=1)  # [G, W + width]
+            positions = pre.lengths[rows.to(mask_device)].cpu()[:, None] + torch.arange(width)
+            logits = model(
+                input_ids=input_ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                cache=cache,
+                use_cache=True,
+            ).logits  # [G, width, V]
+            rest = target_logprobs(logits, targets.to(device)).cpu()  # [G, width]
+            for r, (i, c) in enumerate(zip(group, conts)):
+                results[i] = torch.cat([results[i], rest[r, : len(c) - 1]])
     return results
 
 

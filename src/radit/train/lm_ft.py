@@ -271,11 +271,15 @@ def _data_template(cfg: TrainLMConfig):
     return resolve_template(name or EVAL_TEMPLATE)
 
 
+DEV_QUESTION_BATCH = 8
+"""Dev questions answered together (`radit.augment.answer_generative_batch`), as `radit eval --batch-size`."""
+
+
 @torch.no_grad()
 def evaluate(model, tokenizer, dev_batches, questions, hits, settings: InferenceConfig, template=None) -> dict[str, Any]:
     """Dev loss (per target token) on `dev_batches` and dev REPLUG EM x 100 on `questions`, asked with
     `template` (default: qa)."""
-    from radit.augment import answer_generative
+    from radit.augment import answer_generative_batch
     from radit.eval.metrics import exact_match
     from radit.prompts import get_template
 
@@ -288,8 +292,12 @@ def evaluate(model, tokenizer, dev_batches, questions, hits, settings: Inference
             result["dev_loss"] = nll / sum(count_targets(b.targets) for b in dev_batches)
         if questions:
             template = template or get_template(EVAL_TEMPLATE)
-            ems = [exact_match(answer_generative(model, tokenizer, q.question, h, template, settings).answer, q.gold_answers)
-                   for q, h in zip(questions, hits)]
+            ems = []
+            for i in range(0, len(questions), DEV_QUESTION_BATCH):
+                batch = questions[i : i + DEV_QUESTION_BATCH]
+                preds = answer_generative_batch(model, tokenizer, [q.question for q in batch],
+                                                hits[i : i + DEV_QUESTION_BATCH], template, settings)
+                ems += [exact_match(p.answer, q.gold_answers) for p, q in zip(preds, batch)]
             result["dev_em"] = 100.0 * sum(ems) / len(ems)
     finally:
         model.train(was_training)
