@@ -17,8 +17,9 @@ The run directory (`--output`, default `runs/eval/{task}-{mode}-k{k}-{shots}shot
 - `predictions.jsonl`: one line per question (question, gold, prediction, candidates and their mixed
   log-probabilities, retrieved passage ids, p_R weights, per-chunk answers, each candidate's score
   under each chunk before mixing, em/f1 or correct),
-  flushed after each batch of questions (`--batch-size`). A killed run resumes: a rerun skips the ids already there. A rerun with
-  other settings (anything but --limit, --device, --search-batch-size) is an error unless --overwrite;
+  flushed after each batch of questions (`--batch-size`). A killed run resumes: a rerun skips the ids
+  already there. A rerun with other settings (anything but --limit, --device, --search-batch-size,
+  --batch-size) is an error unless --overwrite;
 - `metrics.json`: EM/F1 (open QA) or accuracy (choice tasks) x 100 over the evaluated questions, n,
   truncated prompts, seconds, the number of processes, and the p_R temperature with where it came from.
 """
