@@ -195,10 +195,10 @@ def _comp_logprobs(model, tokenizer, template, candidates, dtype, naive) -> list
     return comp
 
 
-def _score_matrix(model, tokenizer, prompts, candidates, template, scoring, dtype, naive, pre=None) -> torch.Tensor:
+def _score_matrix(model, tokenizer, prompts, candidates, template, scoring, dtype, naive) -> torch.Tensor:
     """[P, C] score of each candidate after each prompt, by the `scoring` normalisation (App. B)."""
     continuations = [template.continuation(c) for c in candidates]
-    logprobs = candidate_logprobs(model, tokenizer, prompts, continuations, dtype=dtype, naive=naive, pre=pre)
+    logprobs = candidate_logprobs(model, tokenizer, prompts, continuations, dtype=dtype, naive=naive)
     comp: list = [None] * len(candidates)
     if scoring == "nll_comp":
         comp = _comp_logprobs(model, tokenizer, template, candidates, dtype, naive)
@@ -304,39 +304,19 @@ def answer_generative_batch(
     reserve = settings.max_new_tokens + _RESCORE_SLACK
     preps = [_prepare(model, tokenizer, q, h, template, settings, d, None, reserve)
              for q, h, d in zip(questions, hits, demonstrations)]
+    if not questions:
+        return []
     pres = [prefill(model, tokenizer, p.prompts, reserve=reserve, dtype=dtype) for p in preps]
-    groups = [[i] for i in range(len(questions))]
-    joined: Prefill | None = None
-    if len(questions) > 1 and not settings.token_level:
+    joined = None
+    if not settings.token_level:  # the token-level ensemble mixes every row of a prefill: one question each
         try:
             joined = concat_prefills(pres)
-            groups = [list(range(len(questions)))]
         except ValueError:
             log.debug("this model's cache cannot be joined; answering the questions one by one")
-    predictions: list[Prediction] = []
-    for group in groups:
-        pre = joined if joined is not None else pres[group[0]]
-        predictions += _answer_prefilled(model, tokenizer, [questions[i] for i in group], [preps[i] for i in group],
-                                         pre, template, settings, dtype)
-    return predictions
-
-
-def _answer_naive(model, tokenizer, question, hits, template, settings: InferenceConfig, demonstrations) -> Prediction:
-    if template.choices is not None:
-        raise ValueError(f"template {template.name!r} is multiple choice; use answer_choice")
-    if settings.token_level:
-        raise ValueError("answer_naive has no token-level version; use answer_generative for token_level=True")
-    dtype = resolve_dtype(settings.dtype, model_device(model))
-    p = _prepare(model, tokenizer, question, hits, template, settings, demonstrations, None,
-                 settings.max_new_tokens + _RESCORE_SLACK)
-    # One prompt at a time with `model.generate`; every (chunk, candidate) pair its own full forward.
-    texts = greedy_generate(model, tokenizer, p.prompts, max_new_tokens=settings.max_new_tokens, batch_size=1,
-                            dtype=dtype, stop_at_answer_end=True)
-    chunk_answers = [extract_answer(t) for t in texts]
-    candidates = dedupe_candidates(chunk_answers, normalize_answer)
-    scores = (_score_matrix(model, tokenizer, p.prompts, candidates, template, settings.scoring, dtype, naive=True)
-              if candidates else None)
-    return _predict(question, p, candidates, chunk_answers, scores, settings)
+    if joined is not None:
+        return _answer_prefilled(model, tokenizer, questions, preps, joined, template, settings, dtype)
+    return [pred for q, p, pre in zip(questions, preps, pres)
+            for pred in _answer_prefilled(model, tokenizer, [q], [p], pre, template, settings, dtype)]
 
 
 def answer_generative(
@@ -397,7 +377,21 @@ def answer_naive(
     `model.generate` and scores each (chunk, candidate) pair with its own full forward
     (`candidate_logprobs(naive=True)`). Same answers; scores equal up to float rounding.
     """
-    return _answer_naive(model, tokenizer, question, hits, template, settings, demonstrations)
+    if template.choices is not None:
+        raise ValueError(f"template {template.name!r} is multiple choice; use answer_choice")
+    if settings.token_level:
+        raise ValueError("answer_naive has no token-level version; use answer_generative for token_level=True")
+    dtype = resolve_dtype(settings.dtype, model_device(model))
+    p = _prepare(model, tokenizer, question, hits, template, settings, demonstrations, None,
+                 settings.max_new_tokens + _RESCORE_SLACK)
+    # One prompt at a time with `model.generate`; every (chunk, candidate) pair its own full forward.
+    texts = greedy_generate(model, tokenizer, p.prompts, max_new_tokens=settings.max_new_tokens, batch_size=1,
+                            dtype=dtype, stop_at_answer_end=True)
+    chunk_answers = [extract_answer(t) for t in texts]
+    candidates = dedupe_candidates(chunk_answers, normalize_answer)
+    scores = (_score_matrix(model, tokenizer, p.prompts, candidates, template, settings.scoring, dtype, naive=True)
+              if candidates else None)
+    return _predict(question, p, candidates, chunk_answers, scores, settings)
 
 
 def remix(pred: Prediction, scores: Sequence[float], k: int, temperature: float) -> Prediction:
