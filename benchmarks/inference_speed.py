@@ -3,6 +3,8 @@
     python benchmarks/inference_speed.py --index runs/quickstart/index [--questions 10] [--k 10] [--shots 0]
     python benchmarks/inference_speed.py --index I --model M --template M --k 3 --questions 48 \
         --no-naive --batch-sizes 4 8 16          # several questions at once, as `radit eval --batch-size`
+    python benchmarks/inference_speed.py --index I --model M --template M --k 3 --questions 96 \
+        --no-naive --no-one-question --batch-sizes 8 16 --share both   # shared chunks read once, or not
 
 All answer the same SQuAD-open test questions with the LM (default SmolLM2-135M-Instruct) and the top-k chunks:
 
@@ -12,7 +14,9 @@ All answer the same SQuAD-open test questions with the LM (default SmolLM2-135M-
   and the rescoring of every candidate both continue from that KV cache;
 - B questions at once (`radit.augment.answer_generative_batch`, `--batch-sizes`): each question's
   prompts are prefilled apart and joined, then all rows decode together and every (chunk, candidate)
-  pair of the B questions is scored in the same forwards.
+  pair of the B questions is scored in the same forwards. A chunk that several of the B questions
+  retrieved is read once (`radit.lm.prefill.prefill_shared`); `--share both` also times the batches
+  without that (`share_prefixes=False`: each question's prompts prefilled apart, then joined).
 
 Reports seconds per question for each, the speed ratios (naive vs batched: target >= 3x) and how many
 answers, candidate lists and mixed scores agree with the one-question path (target: all answers identical).
@@ -50,7 +54,11 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--template", default="qa", help="prompt template: a name, or a model folder to use the template it was trained with")
     ap.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True, help="also time the naive loop")
+    ap.add_argument("--one-question", action=argparse.BooleanOptionalAction, default=True,
+                    help="time one question at a time (answer_generative), the reference of the batch rows")
     ap.add_argument("--batch-sizes", type=int, nargs="*", default=[], help="also answer this many questions at once")
+    ap.add_argument("--share", choices=["on", "both"], default="on",
+                    help="both: also time each batch size without reading shared chunks once")
     args = ap.parse_args()
 
     questions = [q.question for q in load_questions("quickstart:squad-open/test", limit=args.questions + 1)]
@@ -80,16 +88,18 @@ def main() -> None:
                 "identical_candidates": sum(a.candidates == b.candidates for a, b in zip(preds, reference)),
                 "max_abs_mixed_diff": max(diffs, default=0.0)}
 
-    fast, fast_t = run(answer_generative)
-    n = len(fast)
+    n = len(questions) - 1
     results = {
         "model": args.model, "index": args.index, "template": template.name, "k": args.k, "shots": args.shots,
         "scoring": args.scoring, "dtype": args.dtype, "questions": n,
-        "batched_s_per_question": round(sum(fast_t) / n, 3),
-        "batched_median_s": round(statistics.median(fast_t), 3),
-        "mean_candidates": round(sum(len(p.candidates) for p in fast) / n, 2),
     }
-    print(f"{n} questions, k={args.k}, {args.shots}-shot, {args.dtype}: batched {results['batched_s_per_question']:.2f} s/q")
+    fast: list = []
+    if args.one_question or args.naive:
+        fast, fast_t = run(answer_generative)
+        results.update({"batched_s_per_question": round(sum(fast_t) / n, 3),
+                        "batched_median_s": round(statistics.median(fast_t), 3),
+                        "mean_candidates": round(sum(len(p.candidates) for p in fast) / n, 2)})
+        print(f"{n} questions, k={args.k}, {args.shots}-shot, {args.dtype}: batched {results['batched_s_per_question']:.2f} s/q")
     if args.naive:
         naive, naive_t = run(answer_naive)
         ratio = sum(naive_t) / sum(fast_t)
@@ -99,22 +109,49 @@ def main() -> None:
         print(f"  naive {results['naive_s_per_question']:.2f} s/q -> batched is {ratio:.2f}x; identical answers "
               f"{results['identical_answers']}/{n}, candidates {results['identical_candidates']}/{n}, "
               f"max |mixed diff| {results['max_abs_mixed_diff']:.2e}")
+
+    def batches(size: int, shares: list[bool]) -> dict[bool, tuple[list, float]]:
+        """Answer the questions `size` at a time with each setting; the settings alternate batch by batch
+        (and which goes first), so that the machine's drift falls on both alike."""
+        out: dict[bool, tuple[list, float]] = {share: ([], 0.0) for share in shares}
+        for share in shares:  # warm-up
+            answer_generative_batch(model, tokenizer, questions[:size], hits[:size], template, settings, [demos] * size,
+                                    share_prefixes=share)
+        for b, start in enumerate(range(1, len(questions), size)):
+            chunk = questions[start : start + size]
+            for share in (shares if b % 2 == 0 else shares[::-1]):
+                t = time.perf_counter()
+                preds = answer_generative_batch(model, tokenizer, chunk, hits[start : start + size], template, settings,
+                                                [demos] * len(chunk), share_prefixes=share)
+                out[share] = (out[share][0] + preds, out[share][1] + time.perf_counter() - t)
+        return out
+
     results["question_batches"] = []
     for size in args.batch_sizes:
-        answer_generative_batch(model, tokenizer, questions[:size], hits[:size], template, settings, [demos] * size)  # warm-up
-        preds, t = [], time.perf_counter()
-        for start in range(1, len(questions), size):
-            chunk = questions[start : start + size]
-            preds += answer_generative_batch(model, tokenizer, chunk, hits[start : start + size], template, settings,
-                                             [demos] * len(chunk))
-        seconds = time.perf_counter() - t
+        slots = [[h.id for h in hs[: args.k]] for hs in hits[1:]]
+        distinct = sum(len({i for ids in slots[s : s + size] for i in ids}) for s in range(0, n, size))
+        timed = batches(size, [True, False] if args.share == "both" else [True])
+        preds, seconds = timed[True]
         row = {"batch_size": size, "s_per_question": round(seconds / n, 3),
-               "speedup_vs_one_question": round(sum(fast_t) / seconds, 2), **agreement(preds, fast)}
+               "distinct_chunks_per_slot": round(distinct / sum(map(len, slots)), 3)}
+        line = (f"  {size} questions at once: {row['s_per_question']:.2f} s/q "
+                f"({row['distinct_chunks_per_slot']:.0%} of the chunk slots distinct)")
+        if fast:
+            row.update({"speedup_vs_one_question": round(sum(fast_t) / seconds, 2), **agreement(preds, fast)})
+            line += (f" -> {row['speedup_vs_one_question']:.2f}x one question at a time; identical answers "
+                     f"{row['identical_answers']}/{n}, max |mixed diff| {row['max_abs_mixed_diff']:.2e}")
+        if args.share == "both":
+            apart, apart_s = timed[False]
+            row.update({"apart_s_per_question": round(apart_s / n, 3), "shared_speedup": round(apart_s / seconds, 2),
+                        "vs_apart": agreement(preds, apart)})
+            line += (f"; without reading shared chunks once {row['apart_s_per_question']:.2f} s/q -> shared "
+                     f"{row['shared_speedup']:.2f}x, identical answers {row['vs_apart']['identical_answers']}/{n}, "
+                     f"max |mixed diff| {row['vs_apart']['max_abs_mixed_diff']:.2e}")
         results["question_batches"].append(row)
-        print(f"  {size} questions at once: {row['s_per_question']:.2f} s/q -> {row['speedup_vs_one_question']:.2f}x "
-              f"one question at a time; identical answers {row['identical_answers']}/{n}, "
-              f"max |mixed diff| {row['max_abs_mixed_diff']:.2e}")
-    name = f"inference_speed-k{args.k}-{args.shots}shot-{args.dtype}" + ("-question-batches" if args.batch_sizes else "")
+        print(line)
+
+    name = (f"inference_speed-k{args.k}-{args.shots}shot-{args.dtype}" + ("-question-batches" if args.batch_sizes else "")
+            + ("-shared" if args.share == "both" else ""))
     save(name, results, device=str(model.device))
 
 

@@ -118,6 +118,47 @@ def test_joined_prefills_decode_as_each_alone(tiny_lm):
         concat_prefills([])
 
 
+def test_shared_chunks_are_read_once_and_decode_and_score_as_prefill(tiny_lm):
+    """Prompts of three questions, two of them on the same chunks (and one with a demonstration):
+    `prefill_shared` reads each chunk once, and decoding and scoring on it equal `prefill`'s, with
+    each pass in one forward or in parts of 1 or 2 rows."""
+    from radit.lm.generate import greedy_from_prefill
+    from radit.lm.prefill import prefill, prefill_shared
+    from radit.lm.scoring import prefilled_pair_logprobs
+
+    model, tokenizer = tiny_lm
+    questions = [(QUESTION, HITS, ()), ("Who founded Rome?", [HITS[2], HITS[0]], (("What is the capital of France?", "Paris"),)),
+                 ("Where did the Ming capital move?", HITS[:2], ())]
+    prompts, keys = [], []
+    for q, hits, demos in questions:
+        prompts += build_prompts(QA, q, hits, "replug", demos)
+        keys += [h.id for h in hits]
+    plain = prefill(model, tokenizer, prompts, reserve=12)
+    pairs = [(r, c) for r in range(len(prompts)) for c in [" Zhu Yuanzhang", " Romulus in 753 BC", " 1368"]]
+    expected = greedy_from_prefill(model, tokenizer, plain, max_new_tokens=12, stop_at_answer_end=True)
+    expected_lp = prefilled_pair_logprobs(model, tokenizer, plain, pairs)
+    for rows in (None, 1, 2):  # one forward per pass, or parts of 1 or 2 rows joined
+        stats: dict = {}
+        shared = prefill_shared(model, tokenizer, prompts, keys, reserve=12, prefix_rows=rows, max_rows=rows, stats=stats)
+        assert shared.ids == plain.ids and shared.lengths.tolist() == plain.lengths.tolist()
+        assert shared.attention_mask.shape[1] >= plain.attention_mask.shape[1]  # [beginning, gap, rest]
+        # ming#0 and rome#0 are read once for three and two prompts; ming#1 once for two.
+        assert stats["tokens"] == sum(len(x) for x in plain.ids) and stats["read"] < 0.7 * stats["tokens"]
+        assert torch.allclose(shared.next_logprobs, plain.next_logprobs, atol=1e-4)
+        assert greedy_from_prefill(model, tokenizer, shared, max_new_tokens=12, stop_at_answer_end=True) == expected
+        got = prefilled_pair_logprobs(model, tokenizer, shared, pairs)
+        assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(got, expected_lp))
+    # Every prompt alone in its group: nothing shared, the same prefill still.
+    alone = prefill_shared(model, tokenizer, prompts, list(range(len(prompts))), reserve=12)
+    assert torch.allclose(alone.next_logprobs, plain.next_logprobs, atol=1e-4)
+    with pytest.raises(ValueError, match="as many group keys"):
+        prefill_shared(model, tokenizer, prompts, keys[:-1])
+    with pytest.raises(ValueError, match="2 tokens or more"):
+        prefill_shared(model, tokenizer, ["A", "A"], [0, 0])
+    with pytest.raises(ValueError, match=">= 1"):
+        prefill_shared(model, tokenizer, prompts, keys, prefix_rows=0)
+
+
 def test_no_empty_answer_when_the_model_would_stop_at_once(tiny_lm):
     """SmolLM2 ends many plain QA prompts with eos at once; min_new_tokens=1 (the default) rules that out."""
     from radit.lm.generate import greedy_from_prefill
@@ -331,9 +372,32 @@ def test_generative_batch_answers_one_by_one_when_caches_cannot_be_joined(tiny_l
         raise ValueError("concat_prefills joins caches of plain DynamicLayer layers only")
 
     monkeypatch.setattr(radit.augment, "concat_prefills", cannot_join)
+    monkeypatch.setattr(radit.augment, "prefill_shared", cannot_join)
+    monkeypatch.setattr(radit.augment, "plain_cache", lambda model: False)
     apart = answer_generative_batch(model, tokenizer, questions, hits, QA, settings)
     assert [p.answer for p in apart] == [p.answer for p in joined]
     assert [p.candidates for p in apart] == [p.candidates for p in joined]
+
+
+def test_generative_batch_reads_shared_chunks_once(tiny_lm, monkeypatch):
+    """BATCH's questions share chunks: the batch goes through `prefill_shared`, and gives the answers
+    and scores of the batch prefilled question by question (`share_prefixes=False`)."""
+    import radit.augment
+    from radit.augment import answer_generative_batch
+    from radit.lm.prefill import prefill_shared
+
+    model, tokenizer = tiny_lm
+    settings = cfg(retrieval_temperature=0.1, k=3, max_new_tokens=6)
+    args = ([q for q, _, _ in BATCH], [h for _, h, _ in BATCH], QA, settings, [d for _, _, d in BATCH])
+    calls = []
+    monkeypatch.setattr(radit.augment, "prefill_shared", lambda *a, **kw: calls.append(a[3]) or prefill_shared(*a, **kw))
+    shared = answer_generative_batch(model, tokenizer, *args)
+    assert calls == [["ming#0", "ming#1", "rome#0", "rome#0", "ming#0", "ming#1", "rome#0", "ming#0", "ming#0"]]
+    apart = answer_generative_batch(model, tokenizer, *args, share_prefixes=False)
+    assert len(calls) == 1
+    for s, a in zip(shared, apart):
+        assert (s.answer, s.candidates, s.chunk_answers) == (a.answer, a.candidates, a.chunk_answers)
+        assert torch.allclose(torch.tensor(s.chunk_scores), torch.tensor(a.chunk_scores), atol=1e-4)
 
 
 def test_settings_are_checked_and_resolved(tiny_lm):

@@ -41,7 +41,7 @@ from radit.ensemble import choose, dedupe_candidates, mix_log_probs, retrieval_l
 from radit.lm.generate import ensemble_from_prefill, greedy_from_prefill, greedy_generate
 from radit.lm.inputs import tokenize_continuations
 from radit.lm.model import context_length, model_device
-from radit.lm.prefill import Prefill, concat_prefills, prefill
+from radit.lm.prefill import Prefill, concat_prefills, plain_cache, prefill, prefill_shared
 from radit.lm.scoring import candidate_logprobs, prefilled_pair_logprobs, score
 from radit.prompts import Demonstration, PromptTemplate, comp_prompt, fit_background, to_model_text
 from radit.runtime import resolve_dtype
@@ -271,14 +271,17 @@ def answer_generative_batch(
     template: PromptTemplate,
     settings: InferenceConfig,
     demonstrations: Sequence[Sequence[Demonstration]] | None = None,
+    share_prefixes: bool = True,
 ) -> list[Prediction]:
     """`answer_generative` for several questions at once: the same answers, in far fewer LM calls.
 
-    Each question's prompts are prefilled as their own batch (they pad only to that question's
-    longest), then joined (`radit.lm.prefill.concat_prefills`): every question's rows decode
-    together, and every (chunk, candidate) pair of every question is scored in the same forwards. A
-    decoding step reads all the model's weights for one token per row, so on a CPU it costs about as
-    much for 24 rows as for 3 (SmolLM2-135M, 2 cores: 0.2 s vs 0.3 s). The predictions equal
+    All the questions' prompts are read into one cache (`radit.lm.prefill.Prefill`), every row
+    decodes together, and every (chunk, candidate) pair of every question is scored in the same
+    forwards. A decoding step reads all the model's weights for one token per row, so on a CPU it
+    costs about as much for 24 rows as for 3 (SmolLM2-135M, 2 cores: 0.2 s vs 0.3 s). Prompts of
+    the same chunk (questions that retrieved it) read it once (`radit.lm.prefill.prefill_shared`);
+    otherwise each question's prompts are prefilled as their own batch, padding only to that
+    question's longest, and joined (`radit.lm.prefill.concat_prefills`). The predictions equal
     `answer_generative`'s per question, up to float rounding.
 
     With `settings.token_level`, or a cache that cannot be joined (sliding-window layers), the
@@ -288,6 +291,8 @@ def answer_generative_batch(
         questions: the question texts.
         hits: per question, its retrieved chunks (as for `answer_generative`).
         demonstrations: per question, its in-context examples; default none.
+        share_prefixes: read a chunk shared by several prompts once (the default); False prefills
+            each question apart, the reference for the shared path.
         Others: as for `answer_generative`.
 
     Returns:
@@ -306,17 +311,21 @@ def answer_generative_batch(
              for q, h, d in zip(questions, hits, demonstrations)]
     if not questions:
         return []
-    pres = [prefill(model, tokenizer, p.prompts, reserve=reserve, dtype=dtype) for p in preps]
-    joined = None
-    if not settings.token_level:  # the token-level ensemble mixes every row of a prefill: one question each
-        try:
-            joined = concat_prefills(pres)
-        except ValueError:
-            log.debug("this model's cache cannot be joined; answering the questions one by one")
-    if joined is not None:
-        return _answer_prefilled(model, tokenizer, questions, preps, joined, template, settings, dtype)
-    return [pred for q, p, pre in zip(questions, preps, pres)
-            for pred in _answer_prefilled(model, tokenizer, [q], [p], pre, template, settings, dtype)]
+    # The token-level ensemble mixes every row of a prefill, and sliding-window caches cannot be
+    # joined: then one question at a time.
+    if settings.token_level or not plain_cache(model):
+        return [pred for q, p in zip(questions, preps)
+                for pred in _answer_prefilled(model, tokenizer, [q], [p], prefill(model, tokenizer, p.prompts, reserve=reserve, dtype=dtype),
+                                              template, settings, dtype)]
+    # A prompt's chunk is its beginning: prompts of one chunk read it once (the one prompt of concat
+    # or closed-book is keyed by all its chunks, or none).
+    keys = [key for p in preps
+            for key in (p.passage_ids if len(p.passage_ids) == len(p.prompts) else [tuple(p.passage_ids)])]
+    if share_prefixes and len(set(keys)) < len(keys):
+        joined = prefill_shared(model, tokenizer, [s for p in preps for s in p.prompts], keys, reserve=reserve, dtype=dtype)
+    else:
+        joined = concat_prefills([prefill(model, tokenizer, p.prompts, reserve=reserve, dtype=dtype) for p in preps])
+    return _answer_prefilled(model, tokenizer, questions, preps, joined, template, settings, dtype)
 
 
 def answer_generative(
